@@ -1,0 +1,706 @@
+//! Orders: the items a customer buys, how they are priced, and the life of an order from draft
+//! to delivery. [`price`] is the pure pricing arithmetic (a pricing plugin runs the same rules);
+//! [`OrderStatus::transition`] is the status machine and names the stock movement each step
+//! causes.
+
+use crate::error::{Violations, optional_text, required_text};
+use crate::money::{Currency, Hundredths, Money, Overflow};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// Fields of an order that clients may send back but the server computes.
+pub const READ_ONLY: &[&str] = &["/order_number", "/subtotal", "/discount_total", "/total", "/items/*/line_total"];
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Being put together; items and prices may change.
+    #[default]
+    Draft,
+    /// Agreed with the customer; stock is reserved.
+    Confirmed,
+    /// Being made.
+    InProduction,
+    /// Sent; stock is consumed.
+    Shipped,
+    /// Received by the customer (final).
+    Delivered,
+    /// Called off (final); reserved stock is released.
+    Cancelled,
+}
+
+/// The stock movement a status change causes, for every product line of the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockEffect {
+    /// No movement.
+    None,
+    /// `reserved += quantity`.
+    Reserve,
+    /// `on_hand -= quantity; reserved -= quantity`; refused if `on_hand` is short.
+    Consume,
+    /// `reserved -= quantity`.
+    Release,
+}
+
+/// A status change the machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an order cannot go from {from} to {to}")]
+pub struct TransitionRefused {
+    /// Current status.
+    pub from: &'static str,
+    /// Requested status.
+    pub to: &'static str,
+}
+
+impl OrderStatus {
+    /// Every status, in life order.
+    pub const ALL: [OrderStatus; 6] = [Self::Draft, Self::Confirmed, Self::InProduction, Self::Shipped, Self::Delivered, Self::Cancelled];
+
+    /// The name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Confirmed => "confirmed",
+            Self::InProduction => "in_production",
+            Self::Shipped => "shipped",
+            Self::Delivered => "delivered",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether nothing can follow this status.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Delivered | Self::Cancelled)
+    }
+
+    /// Checks the step `self → to` (staying put is allowed and moves nothing) and returns the
+    /// stock movement it causes. Allowed: draft → confirmed → in_production → shipped →
+    /// delivered, and cancelled from any non-final status.
+    pub fn transition(self, to: OrderStatus) -> Result<StockEffect, TransitionRefused> {
+        use OrderStatus::*;
+        match (self, to) {
+            (from, to) if from == to => Ok(StockEffect::None),
+            (Draft, Confirmed) => Ok(StockEffect::Reserve),
+            (Confirmed, InProduction) | (Shipped, Delivered) | (Draft, Cancelled) | (Shipped, Cancelled) => Ok(StockEffect::None),
+            (InProduction, Shipped) => Ok(StockEffect::Consume),
+            (Confirmed | InProduction, Cancelled) => Ok(StockEffect::Release),
+            (from, to) => Err(TransitionRefused { from: from.as_str(), to: to.as_str() }),
+        }
+    }
+}
+
+/// Payment state of an order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    /// Nothing paid.
+    #[default]
+    Pending,
+    /// Partly paid.
+    Partial,
+    /// Fully paid.
+    Paid,
+    /// Paid back.
+    Refunded,
+}
+
+/// What an order line is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemType {
+    /// One of our products (`product_id` required); moves stock.
+    #[default]
+    Product,
+    /// Work such as installation or repair.
+    Service,
+    /// Anything else, described in words.
+    Custom,
+}
+
+/// A discount on the whole order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Discount {
+    /// A percentage of the subtotal (two decimals, 0 to 100), rounded half away from zero.
+    Percentage {
+        /// Percent, e.g. 12.5.
+        value: Hundredths,
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A fixed amount in minor units, at most the subtotal.
+    Fixed {
+        /// Amount in minor units.
+        value: Money,
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+/// One priced line: quantity × unit price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line {
+    /// Units.
+    pub quantity: i64,
+    /// Price per unit.
+    pub unit_price: Money,
+}
+
+/// The result of pricing an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Sum of line totals.
+    pub subtotal: Money,
+    /// Amount taken off by the discount.
+    pub discount: Money,
+    /// `subtotal - discount`.
+    pub total: Money,
+}
+
+/// Why an order could not be priced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PricingError {
+    /// A number outgrew the money range.
+    #[error("amounts are too large to add up")]
+    Overflow(#[from] Overflow),
+    /// A fixed discount larger than the subtotal.
+    #[error("the discount ({discount}) is larger than the subtotal ({subtotal})")]
+    DiscountExceedsSubtotal {
+        /// The discount.
+        discount: Money,
+        /// The subtotal.
+        subtotal: Money,
+    },
+    /// A percentage outside 0..=100 or a negative amount.
+    #[error("a discount must be between 0 and 100 percent, or a non-negative amount")]
+    DiscountOutOfRange,
+    /// A line with no units or a negative price.
+    #[error("line {0} needs a positive quantity and a non-negative unit price")]
+    BadLine(usize),
+}
+
+/// Prices an order: subtotal is the sum of quantity × unit price; a percentage discount is
+/// taken on the subtotal and rounded half away from zero to the minor unit; a fixed discount may
+/// not exceed the subtotal. Pure and exact: integer arithmetic only.
+pub fn price(lines: &[Line], discount: Option<&Discount>) -> Result<Totals, PricingError> {
+    let mut subtotal = Money::ZERO;
+    for (i, line) in lines.iter().enumerate() {
+        if line.quantity < 1 || line.unit_price.minor() < 0 {
+            return Err(PricingError::BadLine(i));
+        }
+        subtotal = subtotal.checked_add(line.unit_price.checked_mul(line.quantity)?)?;
+    }
+    let discount = match discount {
+        None => Money::ZERO,
+        Some(Discount::Percentage { value, .. }) => {
+            if !(0..=10_000).contains(&value.hundredths()) {
+                return Err(PricingError::DiscountOutOfRange);
+            }
+            subtotal.percent_of(*value)?
+        }
+        Some(Discount::Fixed { value, .. }) => {
+            if value.minor() < 0 {
+                return Err(PricingError::DiscountOutOfRange);
+            }
+            if *value > subtotal {
+                return Err(PricingError::DiscountExceedsSubtotal { discount: *value, subtotal });
+            }
+            *value
+        }
+    };
+    Ok(Totals { subtotal, discount, total: subtotal.checked_sub(discount)? })
+}
+
+/// Shipping details.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Shipping {
+    /// Courier, pick-up, installation visit...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Carrier's tracking number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_number: Option<String>,
+    /// Carrier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<String>,
+    /// When it was shipped; set when the order becomes shipped if not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipped_at: Option<DateTime<Utc>>,
+    /// When it was delivered; set when the order becomes delivered if not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Where it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+/// An order line as stored and returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderItem {
+    /// What the line is.
+    #[serde(rename = "type")]
+    pub kind: ItemType,
+    /// The product, for product lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<Uuid>,
+    /// The product's name when ordered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
+    /// Description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Units.
+    pub quantity: i64,
+    /// Price per unit in minor units.
+    pub unit_price: Money,
+    /// Serial numbers of the units delivered.
+    pub serial_numbers: Vec<String>,
+    /// quantity × unit_price (read-only).
+    pub line_total: Money,
+}
+
+/// An order line as a client sends it.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderItemInput {
+    /// What the line is; `product` when absent.
+    #[serde(default, rename = "type")]
+    pub kind: ItemType,
+    /// Required for product lines.
+    #[serde(default)]
+    pub product_id: Option<Uuid>,
+    /// Defaults to the product's name.
+    #[serde(default)]
+    pub product_name: Option<String>,
+    /// Required for custom lines.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Units, 1 when absent.
+    #[serde(default)]
+    pub quantity: Option<i64>,
+    /// Price per unit; defaults to the product's price.
+    #[serde(default)]
+    pub unit_price: Option<Money>,
+    /// Serial numbers.
+    #[serde(default)]
+    pub serial_numbers: Vec<String>,
+}
+
+/// An order as the store keeps it and the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Order {
+    /// The customer.
+    pub customer_id: Uuid,
+    /// `ORD-<year>-<NNN>`, assigned by the store on create, never reused (read-only).
+    pub order_number: String,
+    /// Status.
+    pub status: OrderStatus,
+    /// Lines.
+    pub items: Vec<OrderItem>,
+    /// Discount on the order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discount: Option<Discount>,
+    /// Sum of line totals (read-only).
+    pub subtotal: Money,
+    /// Amount taken off (read-only).
+    pub discount_total: Money,
+    /// subtotal − discount (read-only).
+    pub total: Money,
+    /// Currency of every amount.
+    pub currency: Currency,
+    /// Shipping.
+    pub shipping: Shipping,
+    /// Payment state.
+    pub payment_status: PaymentStatus,
+    /// Path of the invoice in the file store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invoice_path: Option<String>,
+    /// Free notes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+}
+
+/// An order as a client sends it.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderInput {
+    /// Required; the customer must exist.
+    #[serde(default)]
+    pub customer_id: Option<Uuid>,
+    /// New orders are drafts; on update, a change moves the order through its life.
+    #[serde(default)]
+    pub status: Option<OrderStatus>,
+    /// Lines.
+    #[serde(default)]
+    pub items: Vec<OrderItemInput>,
+    /// Discount.
+    #[serde(default)]
+    pub discount: Option<Discount>,
+    /// Currency, EUR when absent.
+    #[serde(default)]
+    pub currency: Option<Currency>,
+    /// Shipping.
+    #[serde(default)]
+    pub shipping: Option<Shipping>,
+    /// Payment state, pending when absent.
+    #[serde(default)]
+    pub payment_status: Option<PaymentStatus>,
+    /// Invoice path.
+    #[serde(default)]
+    pub invoice_path: Option<String>,
+    /// Notes.
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// What an order line needs to know about its product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductRef {
+    /// Name.
+    pub name: String,
+    /// Price per unit.
+    pub price: Money,
+    /// Currency of the price.
+    pub currency: Currency,
+}
+
+impl OrderInput {
+    /// The products the lines refer to, for the caller to look up before [`OrderInput::parse`].
+    pub fn product_ids(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self.items.iter().filter_map(|i| i.product_id).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Validates the input and prices it. `products` holds the products found for
+    /// [`OrderInput::product_ids`]; an id missing from it is reported. The order number is left
+    /// empty for the store to assign.
+    pub fn parse(self, products: &HashMap<Uuid, ProductRef>) -> Result<Order, Violations> {
+        let mut errors = Violations::default();
+        if self.customer_id.is_none() {
+            errors.push("/customer_id", "is required");
+        }
+        let currency = self.currency.unwrap_or_default();
+        let mut items = Vec::with_capacity(self.items.len());
+        for (i, input) in self.items.into_iter().enumerate() {
+            if let Some(item) = parse_item(input, products, &currency, &format!("/items/{i}"), &mut errors) {
+                items.push(item);
+            }
+        }
+        if let Some(discount) = &self.discount {
+            let (value_ok, reason) = match discount {
+                Discount::Percentage { value, reason } => ((0..=10_000).contains(&value.hundredths()), reason),
+                Discount::Fixed { value, reason } => (value.minor() >= 0, reason),
+            };
+            if !value_ok {
+                errors.push("/discount/value", "a percentage must be between 0 and 100, an amount must not be negative");
+            }
+            errors.check("/discount/reason", optional_text(reason.as_deref().unwrap_or(""), 500));
+        }
+        let invoice_path = errors.check("/invoice_path", optional_text(self.invoice_path.as_deref().unwrap_or(""), 1_000)).flatten();
+        let notes = errors.check("/notes", optional_text(self.notes.as_deref().unwrap_or(""), 20_000)).flatten();
+        let mut order = Order {
+            customer_id: self.customer_id.unwrap_or_default(),
+            order_number: String::new(),
+            status: self.status.unwrap_or_default(),
+            items,
+            discount: self.discount,
+            subtotal: Money::ZERO,
+            discount_total: Money::ZERO,
+            total: Money::ZERO,
+            currency,
+            shipping: self.shipping.unwrap_or_default(),
+            payment_status: self.payment_status.unwrap_or_default(),
+            invoice_path,
+            notes,
+        };
+        if errors.is_empty() {
+            if let Err(err) = order.reprice() {
+                let pointer = match err {
+                    PricingError::DiscountExceedsSubtotal { .. } | PricingError::DiscountOutOfRange => "/discount/value".to_owned(),
+                    PricingError::BadLine(i) => format!("/items/{i}"),
+                    PricingError::Overflow(_) => "/items".to_owned(),
+                };
+                errors.push(pointer, err.to_string());
+            }
+        }
+        errors.finish(|| order)
+    }
+}
+
+fn parse_item(input: OrderItemInput, products: &HashMap<Uuid, ProductRef>, currency: &Currency, at: &str, errors: &mut Violations) -> Option<OrderItem> {
+    let quantity = input.quantity.unwrap_or(1);
+    if quantity < 1 {
+        errors.push(format!("{at}/quantity"), "must be at least 1");
+    }
+    let product = match (input.kind, input.product_id) {
+        (ItemType::Product, None) => {
+            errors.push(format!("{at}/product_id"), "is required for a product line");
+            None
+        }
+        (_, Some(id)) => match products.get(&id) {
+            Some(p) => Some(p),
+            None => {
+                errors.push(format!("{at}/product_id"), format!("no product {id}"));
+                None
+            }
+        },
+        (_, None) => None,
+    };
+    let description = errors.check(format!("{at}/description"), optional_text(input.description.as_deref().unwrap_or(""), 2_000)).flatten();
+    if input.kind == ItemType::Custom && description.is_none() {
+        errors.push(format!("{at}/description"), "is required for a custom line");
+    }
+    let unit_price = match (input.unit_price, product) {
+        (Some(price), _) => price,
+        (None, Some(p)) if &p.currency == currency => p.price,
+        (None, Some(p)) => {
+            errors.push(format!("{at}/unit_price"), format!("is required: the product is priced in {}, the order in {}", p.currency.as_str(), currency.as_str()));
+            Money::ZERO
+        }
+        (None, None) => {
+            errors.push(format!("{at}/unit_price"), "is required for a line without a product");
+            Money::ZERO
+        }
+    };
+    if unit_price.minor() < 0 {
+        errors.push(format!("{at}/unit_price"), "must not be negative");
+    }
+    let product_name = match input.product_name {
+        Some(name) => errors.check(format!("{at}/product_name"), optional_text(&name, 200)).flatten(),
+        None => product.map(|p| p.name.clone()),
+    };
+    let serial_numbers = input
+        .serial_numbers
+        .iter()
+        .enumerate()
+        .filter_map(|(j, s)| errors.check(format!("{at}/serial_numbers/{j}"), required_text(s, 100)))
+        .collect();
+    Some(OrderItem { kind: input.kind, product_id: input.product_id, product_name, description, quantity, unit_price, serial_numbers, line_total: Money::ZERO })
+}
+
+/// A change to an order that its status does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateRefused {
+    /// The status change is not allowed.
+    #[error(transparent)]
+    Transition(#[from] TransitionRefused),
+    /// Items, discount, currency or customer changed after the draft stage.
+    #[error("{0} can only change while the order is a draft")]
+    Frozen(&'static str),
+}
+
+impl Order {
+    /// Recomputes line totals, subtotal, discount and total.
+    pub fn reprice(&mut self) -> Result<(), PricingError> {
+        let lines: Vec<Line> = self.items.iter().map(|i| Line { quantity: i.quantity, unit_price: i.unit_price }).collect();
+        let totals = price(&lines, self.discount.as_ref())?;
+        for item in &mut self.items {
+            item.line_total = item.unit_price.checked_mul(item.quantity)?;
+        }
+        self.subtotal = totals.subtotal;
+        self.discount_total = totals.discount;
+        self.total = totals.total;
+        Ok(())
+    }
+
+    /// Units per product over all product lines.
+    pub fn stock_lines(&self) -> Vec<(Uuid, i64)> {
+        let mut lines: Vec<(Uuid, i64)> = Vec::new();
+        for item in self.items.iter().filter(|i| i.kind == ItemType::Product) {
+            let Some(id) = item.product_id else { continue };
+            match lines.iter_mut().find(|(p, _)| *p == id) {
+                Some((_, q)) => *q += item.quantity,
+                None => lines.push((id, item.quantity)),
+            }
+        }
+        lines
+    }
+
+    /// Checks that `next` may replace `self` and returns the stock movement it causes. Outside
+    /// the draft stage the customer, lines, discount and currency are frozen. Stamps shipping
+    /// dates when the order becomes shipped or delivered without them.
+    pub fn check_update(&self, next: &mut Order, now: DateTime<Utc>) -> Result<StockEffect, UpdateRefused> {
+        let effect = self.status.transition(next.status)?;
+        if self.status != OrderStatus::Draft {
+            if next.customer_id != self.customer_id {
+                return Err(UpdateRefused::Frozen("the customer"));
+            }
+            if next.items != self.items {
+                return Err(UpdateRefused::Frozen("the items"));
+            }
+            if next.discount != self.discount {
+                return Err(UpdateRefused::Frozen("the discount"));
+            }
+            if next.currency != self.currency {
+                return Err(UpdateRefused::Frozen("the currency"));
+            }
+        }
+        if next.status == OrderStatus::Shipped && self.status != OrderStatus::Shipped && next.shipping.shipped_at.is_none() {
+            next.shipping.shipped_at = Some(now);
+        }
+        if next.status == OrderStatus::Delivered && self.status != OrderStatus::Delivered && next.shipping.delivered_at.is_none() {
+            next.shipping.delivered_at = Some(now);
+        }
+        next.order_number = self.order_number.clone();
+        Ok(effect)
+    }
+
+    /// The text the search index holds: order number and product names, folded.
+    pub fn search_text(&self) -> String {
+        let mut parts = vec![self.order_number.as_str()];
+        parts.extend(self.items.iter().filter_map(|i| i.product_name.as_deref()));
+        crate::fold_for_search(&parts.join(" "))
+    }
+}
+
+/// Formats an order number: `ORD-2026-007`, at least three digits.
+pub fn order_number(year: i32, sequence: i64) -> String {
+    format!("ORD-{year}-{sequence:03}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn line(quantity: i64, unit_price: i64) -> Line {
+        Line { quantity, unit_price: Money::from_minor(unit_price) }
+    }
+
+    fn pct(text: &str) -> Discount {
+        Discount::Percentage { value: Hundredths::parse(text).unwrap(), reason: None }
+    }
+
+    #[test]
+    fn percentage_discounts_round_half_away_from_zero() {
+        // 3 × 33.35 = 100.05; 10 % = 10.005 → 10.01
+        let t = price(&[line(3, 3_335)], Some(&pct("10"))).unwrap();
+        assert_eq!((t.subtotal.minor(), t.discount.minor(), t.total.minor()), (10_005, 1_001, 9_004));
+        // 12.5 % of 19.99 = 2.49875 → 2.50
+        let t = price(&[line(1, 1_999)], Some(&pct("12.5"))).unwrap();
+        assert_eq!((t.discount.minor(), t.total.minor()), (250, 1_749));
+        // 0.01 % of 1.00 = 0.0001 → 0.00
+        assert_eq!(price(&[line(1, 100)], Some(&pct("0.01"))).unwrap().discount, Money::ZERO);
+        assert_eq!(price(&[line(2, 500)], Some(&pct("100"))).unwrap().total, Money::ZERO);
+    }
+
+    #[test]
+    fn fixed_discounts() {
+        let fixed = |v| Discount::Fixed { value: Money::from_minor(v), reason: Some("loyal parish".into()) };
+        let t = price(&[line(2, 85_000), line(4, 1_250)], Some(&fixed(10_000))).unwrap();
+        assert_eq!((t.subtotal.minor(), t.total.minor()), (175_000, 165_000));
+        assert_eq!(price(&[line(1, 100)], Some(&fixed(100))).unwrap().total, Money::ZERO);
+        assert!(matches!(price(&[line(1, 100)], Some(&fixed(101))), Err(PricingError::DiscountExceedsSubtotal { .. })));
+        assert_eq!(price(&[line(1, 100)], Some(&fixed(-1))), Err(PricingError::DiscountOutOfRange));
+    }
+
+    #[test]
+    fn bad_lines_and_overflow() {
+        assert_eq!(price(&[line(1, 1), line(0, 5)], None), Err(PricingError::BadLine(1)));
+        assert_eq!(price(&[line(1, -5)], None), Err(PricingError::BadLine(0)));
+        assert!(matches!(price(&[line(2, i64::MAX)], None), Err(PricingError::Overflow(_))));
+        assert_eq!(price(&[line(1, 100)], Some(&pct("100.01"))), Err(PricingError::DiscountOutOfRange));
+        assert_eq!(price(&[], None).unwrap().total, Money::ZERO);
+    }
+
+    #[test]
+    fn every_transition_is_allowed_or_refused_as_specified() {
+        use OrderStatus::*;
+        let allowed: &[(OrderStatus, OrderStatus, StockEffect)] = &[
+            (Draft, Confirmed, StockEffect::Reserve),
+            (Confirmed, InProduction, StockEffect::None),
+            (InProduction, Shipped, StockEffect::Consume),
+            (Shipped, Delivered, StockEffect::None),
+            (Draft, Cancelled, StockEffect::None),
+            (Confirmed, Cancelled, StockEffect::Release),
+            (InProduction, Cancelled, StockEffect::Release),
+            (Shipped, Cancelled, StockEffect::None),
+        ];
+        for from in OrderStatus::ALL {
+            for to in OrderStatus::ALL {
+                let expected = if from == to { Some(StockEffect::None) } else { allowed.iter().find(|(f, t, _)| *f == from && *t == to).map(|(_, _, e)| *e) };
+                match (from.transition(to), expected) {
+                    (Ok(effect), Some(e)) => assert_eq!(effect, e, "{from:?} → {to:?}"),
+                    (Err(_), None) => {}
+                    (got, want) => panic!("{from:?} → {to:?}: got {got:?}, expected {want:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn orders_parse_with_product_defaults_and_paths() {
+        let product_id = Uuid::now_v7();
+        let products = HashMap::from([(product_id, ProductRef { name: "BC-4".into(), price: Money::from_minor(85_000), currency: Currency::default() })]);
+        let input: OrderInput = serde_json::from_value(json!({
+            "customer_id": Uuid::now_v7(),
+            "items": [{"product_id": product_id, "quantity": 2}, {"type": "service", "description": "installation", "unit_price": 15_000}],
+            "discount": {"type": "percentage", "value": 5}
+        }))
+        .unwrap();
+        let order = input.parse(&products).unwrap();
+        assert_eq!(order.items[0].product_name.as_deref(), Some("BC-4"));
+        assert_eq!(order.items[0].line_total.minor(), 170_000);
+        assert_eq!(order.subtotal.minor(), 185_000);
+        assert_eq!(order.discount_total.minor(), 9_250);
+        assert_eq!(order.total.minor(), 175_750);
+        assert_eq!(order.stock_lines(), vec![(product_id, 2)]);
+
+        let bad: OrderInput = serde_json::from_value(json!({
+            "items": [{"product_id": Uuid::now_v7()}, {"type": "custom", "quantity": 0}],
+            "discount": {"type": "fixed", "value": 10}
+        }))
+        .unwrap();
+        let pointers: Vec<_> = bad.parse(&products).unwrap_err().0.into_iter().map(|e| e.pointer).collect();
+        assert_eq!(pointers, ["/customer_id", "/items/0/product_id", "/items/0/unit_price", "/items/1/quantity", "/items/1/description", "/items/1/unit_price"]);
+    }
+
+    #[test]
+    fn confirmed_orders_freeze_their_lines() {
+        let products = HashMap::new();
+        let input = || serde_json::from_value::<OrderInput>(json!({"customer_id": Uuid::nil(), "items": [{"type": "service", "description": "x", "unit_price": 100}]})).unwrap();
+        let mut current = input().parse(&products).unwrap();
+        current.status = OrderStatus::Confirmed;
+        let mut next = current.clone();
+        next.items[0].quantity = 2;
+        next.reprice().unwrap();
+        assert_eq!(current.check_update(&mut next, Utc::now()), Err(UpdateRefused::Frozen("the items")));
+        let mut next = current.clone();
+        next.status = OrderStatus::Delivered;
+        assert!(matches!(current.check_update(&mut next, Utc::now()), Err(UpdateRefused::Transition(_))));
+        let mut next = current.clone();
+        next.status = OrderStatus::InProduction;
+        next.payment_status = PaymentStatus::Paid;
+        assert_eq!(current.check_update(&mut next, Utc::now()), Ok(StockEffect::None));
+    }
+
+    #[test]
+    fn order_numbers() {
+        assert_eq!(order_number(2026, 7), "ORD-2026-007");
+        assert_eq!(order_number(2026, 1234), "ORD-2026-1234");
+    }
+
+    proptest! {
+        /// Total = subtotal − discount, the discount never exceeds the subtotal, and the
+        /// subtotal is exactly the sum of the lines.
+        #[test]
+        fn totals_add_up(lines in prop::collection::vec((1i64..1_000, 0i64..10_000_000), 0..20), bps in 0i64..=10_000) {
+            let lines: Vec<Line> = lines.into_iter().map(|(q, p)| line(q, p)).collect();
+            let discount = Discount::Percentage { value: Hundredths::from_hundredths(bps), reason: None };
+            let t = price(&lines, Some(&discount)).unwrap();
+            let exact: i128 = lines.iter().map(|l| i128::from(l.quantity) * i128::from(l.unit_price.minor())).sum();
+            prop_assert_eq!(i128::from(t.subtotal.minor()), exact);
+            prop_assert!(t.discount <= t.subtotal && t.discount.minor() >= 0);
+            prop_assert_eq!(t.total.minor(), t.subtotal.minor() - t.discount.minor());
+        }
+    }
+}
