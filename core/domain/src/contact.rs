@@ -38,7 +38,11 @@ impl Email {
         let labels: Vec<&str> = domain.split('.').collect();
         if labels.len() < 2
             || labels.iter().any(|l| {
-                l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-') || !l.chars().all(|c| c.is_alphanumeric() || c == '-')
+                l.is_empty()
+                    || l.len() > 63
+                    || l.starts_with('-')
+                    || l.ends_with('-')
+                    || !l.chars().all(|c| c.is_alphanumeric() || c == '-')
             })
         {
             return invalid("the domain must look like example.com");
@@ -105,8 +109,7 @@ impl PhoneE164 {
         } else {
             typed.to_owned()
         };
-        let parsed = phonenumber::parse(Some(region.0), &bare)
-            .map_err(|_| format!("`{typed}` is not a phone number"))?;
+        let parsed = phonenumber::parse(Some(region.0), &bare).map_err(|_| format!("`{typed}` is not a phone number"))?;
         if !phonenumber::is_valid(&parsed) {
             return Err(format!("`{typed}` is not a valid phone number for its country (read with default region {region})"));
         }

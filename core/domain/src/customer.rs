@@ -236,7 +236,8 @@ impl CustomerInput {
             .enumerate()
             .filter_map(|(i, item)| errors.check(format!("/owned_items/{i}"), parse_owned_item(item)))
             .collect();
-        let nextcloud_folder = errors.check("/nextcloud_folder", optional_text(self.nextcloud_folder.as_deref().unwrap_or(""), 1_000)).flatten();
+        let nextcloud_folder =
+            errors.check("/nextcloud_folder", optional_text(self.nextcloud_folder.as_deref().unwrap_or(""), 1_000)).flatten();
         errors.finish(|| Customer {
             name: name.unwrap_or_default(),
             organization,
@@ -297,11 +298,7 @@ fn parse_language(tag: &str) -> Result<String, String> {
     let language = parts.next().unwrap_or("");
     let language_ok = (2..=3).contains(&language.len()) && language.bytes().all(|b| b.is_ascii_alphabetic());
     let subtags_ok = parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if language_ok && subtags_ok {
-        Ok(tag.to_owned())
-    } else {
-        Err(format!("`{tag}` is not a language tag such as el, en or de-AT"))
-    }
+    if language_ok && subtags_ok { Ok(tag.to_owned()) } else { Err(format!("`{tag}` is not a language tag such as el, en or de-AT")) }
 }
 
 fn parse_owned_item(item: OwnedItem) -> Result<OwnedItem, String> {
@@ -317,7 +314,12 @@ fn parse_owned_item(item: OwnedItem) -> Result<OwnedItem, String> {
             if quantity < 1 {
                 return Err("quantity must be at least 1".into());
             }
-            OwnedItem::Product { product_id, product_name: optional_text(product_name.as_deref().unwrap_or(""), 200)?, quantity, serial_numbers: serials(serial_numbers)? }
+            OwnedItem::Product {
+                product_id,
+                product_name: optional_text(product_name.as_deref().unwrap_or(""), 200)?,
+                quantity,
+                serial_numbers: serials(serial_numbers)?,
+            }
         }
         OwnedItem::Freetext { description, serial_number, notes } => OwnedItem::Freetext {
             description: required_text(&description, 2_000).map_err(|e| format!("description {e}"))?,

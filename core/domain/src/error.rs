@@ -31,11 +31,7 @@ impl Violations {
     }
 
     /// Keeps the value of `result`, or records its error at `pointer` and returns `None`.
-    pub fn check<T, E: std::fmt::Display>(
-        &mut self,
-        pointer: impl Into<String>,
-        result: Result<T, E>,
-    ) -> Option<T> {
+    pub fn check<T, E: std::fmt::Display>(&mut self, pointer: impl Into<String>, result: Result<T, E>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(err) => {

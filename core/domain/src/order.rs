@@ -435,7 +435,13 @@ impl OrderInput {
     }
 }
 
-fn parse_item(input: OrderItemInput, products: &HashMap<Uuid, ProductRef>, currency: &Currency, at: &str, errors: &mut Violations) -> Option<OrderItem> {
+fn parse_item(
+    input: OrderItemInput,
+    products: &HashMap<Uuid, ProductRef>,
+    currency: &Currency,
+    at: &str,
+    errors: &mut Violations,
+) -> Option<OrderItem> {
     let quantity = input.quantity.unwrap_or(1);
     if quantity < 1 {
         errors.push(format!("{at}/quantity"), "must be at least 1");
@@ -462,7 +468,10 @@ fn parse_item(input: OrderItemInput, products: &HashMap<Uuid, ProductRef>, curre
         (Some(price), _) => price,
         (None, Some(p)) if &p.currency == currency => p.price,
         (None, Some(p)) => {
-            errors.push(format!("{at}/unit_price"), format!("is required: the product is priced in {}, the order in {}", p.currency.as_str(), currency.as_str()));
+            errors.push(
+                format!("{at}/unit_price"),
+                format!("is required: the product is priced in {}, the order in {}", p.currency.as_str(), currency.as_str()),
+            );
             Money::ZERO
         }
         (None, None) => {
@@ -483,7 +492,16 @@ fn parse_item(input: OrderItemInput, products: &HashMap<Uuid, ProductRef>, curre
         .enumerate()
         .filter_map(|(j, s)| errors.check(format!("{at}/serial_numbers/{j}"), required_text(s, 100)))
         .collect();
-    Some(OrderItem { kind: input.kind, product_id: input.product_id, product_name, description, quantity, unit_price, serial_numbers, line_total: Money::ZERO })
+    Some(OrderItem {
+        kind: input.kind,
+        product_id: input.product_id,
+        product_name,
+        description,
+        quantity,
+        unit_price,
+        serial_numbers,
+        line_total: Money::ZERO,
+    })
 }
 
 /// A change to an order that its status does not allow.
@@ -627,7 +645,11 @@ mod tests {
         ];
         for from in OrderStatus::ALL {
             for to in OrderStatus::ALL {
-                let expected = if from == to { Some(StockEffect::None) } else { allowed.iter().find(|(f, t, _)| *f == from && *t == to).map(|(_, _, e)| *e) };
+                let expected = if from == to {
+                    Some(StockEffect::None)
+                } else {
+                    allowed.iter().find(|(f, t, _)| *f == from && *t == to).map(|(_, _, e)| *e)
+                };
                 match (from.transition(to), expected) {
                     (Ok(effect), Some(e)) => assert_eq!(effect, e, "{from:?} → {to:?}"),
                     (Err(_), None) => {}
@@ -640,7 +662,10 @@ mod tests {
     #[test]
     fn orders_parse_with_product_defaults_and_paths() {
         let product_id = Uuid::now_v7();
-        let products = HashMap::from([(product_id, ProductRef { name: "BC-4".into(), price: Money::from_minor(85_000), currency: Currency::default() })]);
+        let products = HashMap::from([(
+            product_id,
+            ProductRef { name: "BC-4".into(), price: Money::from_minor(85_000), currency: Currency::default() },
+        )]);
         let input: OrderInput = serde_json::from_value(json!({
             "customer_id": Uuid::now_v7(),
             "items": [{"product_id": product_id, "quantity": 2}, {"type": "service", "description": "installation", "unit_price": 15_000}],
@@ -661,13 +686,28 @@ mod tests {
         }))
         .unwrap();
         let pointers: Vec<_> = bad.parse(&products).unwrap_err().0.into_iter().map(|e| e.pointer).collect();
-        assert_eq!(pointers, ["/customer_id", "/items/0/product_id", "/items/0/unit_price", "/items/1/quantity", "/items/1/description", "/items/1/unit_price"]);
+        assert_eq!(
+            pointers,
+            [
+                "/customer_id",
+                "/items/0/product_id",
+                "/items/0/unit_price",
+                "/items/1/quantity",
+                "/items/1/description",
+                "/items/1/unit_price"
+            ]
+        );
     }
 
     #[test]
     fn confirmed_orders_freeze_their_lines() {
         let products = HashMap::new();
-        let input = || serde_json::from_value::<OrderInput>(json!({"customer_id": Uuid::nil(), "items": [{"type": "service", "description": "x", "unit_price": 100}]})).unwrap();
+        let input = || {
+            serde_json::from_value::<OrderInput>(
+                json!({"customer_id": Uuid::nil(), "items": [{"type": "service", "description": "x", "unit_price": 100}]}),
+            )
+            .unwrap()
+        };
         let mut current = input().parse(&products).unwrap();
         current.status = OrderStatus::Confirmed;
         let mut next = current.clone();

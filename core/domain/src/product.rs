@@ -183,7 +183,13 @@ impl ProductInput {
             Some(_) => {}
         }
         let mut costs = self.costs.unwrap_or_default();
-        for (field, value) in [("pcb", costs.pcb), ("components", costs.components), ("enclosure", costs.enclosure), ("labor_rate", costs.labor_rate), ("shipping_in", costs.shipping_in)] {
+        for (field, value) in [
+            ("pcb", costs.pcb),
+            ("components", costs.components),
+            ("enclosure", costs.enclosure),
+            ("labor_rate", costs.labor_rate),
+            ("shipping_in", costs.shipping_in),
+        ] {
             if value.minor() < 0 {
                 errors.push(format!("/costs/{field}"), "must not be negative");
             }
@@ -198,8 +204,10 @@ impl ProductInput {
         if on_hand < 0 {
             errors.push("/stock/on_hand", "must not be negative");
         }
-        let nextcloud_folder = errors.check("/nextcloud_folder", optional_text(self.nextcloud_folder.as_deref().unwrap_or(""), 1_000)).flatten();
-        let linked_device_type = errors.check("/linked_device_type", optional_text(self.linked_device_type.as_deref().unwrap_or(""), 100)).flatten();
+        let nextcloud_folder =
+            errors.check("/nextcloud_folder", optional_text(self.nextcloud_folder.as_deref().unwrap_or(""), 1_000)).flatten();
+        let linked_device_type =
+            errors.check("/linked_device_type", optional_text(self.linked_device_type.as_deref().unwrap_or(""), 100)).flatten();
         errors.finish(|| Product {
             name: name.unwrap_or_default(),
             sku: sku.unwrap_or_default(),
@@ -251,7 +259,8 @@ mod tests {
 
     #[test]
     fn required_and_negative_fields() {
-        let errors = serde_json::from_value::<ProductInput>(json!({"costs": {"pcb": -1}, "stock": {"on_hand": -2}})).unwrap().parse().unwrap_err();
+        let errors =
+            serde_json::from_value::<ProductInput>(json!({"costs": {"pcb": -1}, "stock": {"on_hand": -2}})).unwrap().parse().unwrap_err();
         let pointers: Vec<_> = errors.0.iter().map(|e| e.pointer.as_str()).collect();
         assert_eq!(pointers, ["/name", "/sku", "/category", "/price", "/costs/pcb", "/stock/on_hand"]);
     }

@@ -1,0 +1,171 @@
+//! Request extractors that fail with precise problem documents: JSON bodies (media type, size,
+//! syntax, and every field error with its JSON Pointer), `If-Match` versions, ids in paths, and
+//! list query strings where an unknown parameter is an error rather than silently ignored.
+
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use chrono::{DateTime, Utc};
+use crm_domain::Violations;
+use crm_store::SortDirection;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A JSON request body, parsed but not yet typed. Accepts `application/json` and any
+/// `application/*+json` (such as `application/merge-patch+json`).
+#[derive(Debug)]
+pub(crate) struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if essence != "application/json" && !(essence.starts_with("application/") && essence.ends_with("+json")) {
+            return Err(ApiError::UnsupportedMediaType("application/json"));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(crate::MAX_BODY_BYTES)
+            } else {
+                ApiError::BadRequest(format!("could not read the body: {rejection}"))
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))
+    }
+}
+
+/// Types a JSON value, reporting a type error with the JSON Pointer of the offending field.
+pub(crate) fn typed<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let mut pointer = String::new();
+        for segment in err.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+                serde_path_to_error::Segment::Map { key } => pointer.push_str(&format!("/{}", key.replace('~', "~0").replace('/', "~1"))),
+                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        ApiError::Invalid(Violations::one(pointer, err.into_inner().to_string()))
+    })
+}
+
+/// The version in an `If-Match` header: `None` when absent or `*`. A value that is not one of
+/// our ETags can never match and yields version -1, which fails the check with 412.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IfMatch(pub Option<i64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::IF_MATCH) else { return Ok(IfMatch(None)) };
+        let text = value.to_str().unwrap_or("").trim();
+        if text == "*" {
+            return Ok(IfMatch(None));
+        }
+        Ok(IfMatch(Some(text.trim_start_matches("W/").trim_matches('"').parse().unwrap_or(-1))))
+    }
+}
+
+/// The ETag for a record version.
+pub(crate) fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// A record id from the path; anything but a UUID is a 404, as no such record can exist.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Id(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Uuid::parse_str(&raw).map(Id).map_err(|_| ApiError::NotFound(format!("`{raw}` is not a record id")))
+    }
+}
+
+/// Query parameters every listing takes.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Words to look for in names, organisations and contacts; case- and accent-insensitive.
+    /// A phone number in any format finds the customer with that number.
+    pub search: Option<String>,
+    /// Sort key (`created_at` by default; the resource lists the others).
+    pub sort: Option<String>,
+    /// `asc` or `desc` (default).
+    #[param(value_type = Option<String>)]
+    pub direction: Option<SortDirection>,
+    /// Cursor from the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 200; 20 by default.
+    pub limit: Option<u32>,
+    /// Include soft-deleted records.
+    pub include_deleted: Option<bool>,
+    /// Created at or after this time (RFC 3339).
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before this time (RFC 3339).
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+const LIST_PARAMS: &[&str] = &["search", "sort", "direction", "cursor", "limit", "include_deleted", "created_from", "created_to"];
+
+/// Parses a listing's query string into the common parameters and the resource's filter
+/// parameters `F` (whose names are `filter_names`). Unknown names are refused.
+pub(crate) fn list_query<F: DeserializeOwned>(raw: Option<&str>, filter_names: &[&str]) -> Result<(ListParams, F), ApiError> {
+    let pairs = query_pairs(raw)?;
+    let known: Vec<&str> = LIST_PARAMS.iter().chain(filter_names).copied().collect();
+    let mut errors = Violations::default();
+    refuse_unknown(&pairs, &known, &mut errors);
+    let common = typed_subset::<ListParams>(&pairs, LIST_PARAMS, &mut errors);
+    let filter = typed_subset::<F>(&pairs, filter_names, &mut errors);
+    match (common, filter) {
+        (Some(common), Some(filter)) if errors.is_empty() => Ok((common, filter)),
+        _ => Err(ApiError::BadQuery(errors)),
+    }
+}
+
+/// Parses a query string into `T`, whose parameter names are `names`; unknown names are refused.
+pub(crate) fn strict_query<T: DeserializeOwned>(raw: Option<&str>, names: &[&str]) -> Result<T, ApiError> {
+    let pairs = query_pairs(raw)?;
+    let mut errors = Violations::default();
+    refuse_unknown(&pairs, names, &mut errors);
+    match typed_subset::<T>(&pairs, names, &mut errors) {
+        Some(value) if errors.is_empty() => Ok(value),
+        _ => Err(ApiError::BadQuery(errors)),
+    }
+}
+
+fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    Ok(form_urlencoded::parse(raw.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+}
+
+fn refuse_unknown(pairs: &[(String, String)], known: &[&str], errors: &mut Violations) {
+    for (name, _) in pairs {
+        if !known.contains(&name.as_str()) {
+            errors.push(format!("/{name}"), format!("unknown parameter; expected one of {}", known.join(", ")));
+        }
+    }
+}
+
+/// Types the parameters named in `names`, recording a type error under the parameter's name.
+fn typed_subset<T: DeserializeOwned>(pairs: &[(String, String)], names: &[&str], errors: &mut Violations) -> Option<T> {
+    let query =
+        form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs.iter().filter(|(n, _)| names.contains(&n.as_str()))).finish();
+    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    match serde_path_to_error::deserialize(deserializer) {
+        Ok(value) => Some(value),
+        Err(err) => {
+            errors.push(format!("/{}", err.path()), err.into_inner().to_string());
+            None
+        }
+    }
+}

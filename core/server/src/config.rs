@@ -1,0 +1,208 @@
+//! Settings: defaults, then a TOML file, then `CRM_*` environment variables (`__` separates
+//! nested keys). The database URL may carry a password, so it is a secret: `Debug` and the
+//! `crm config` output show it redacted.
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Everything `crm` can be configured with.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// Address the HTTP API listens on.
+    pub listen_addr: SocketAddr,
+    /// `sqlite://path` (embedded default) or `postgres://user:password@host/db`.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub database_url: SecretString,
+    /// Connections in the database pool.
+    pub database_max_connections: u32,
+    /// Seconds to wait for a database connection.
+    pub database_acquire_timeout_seconds: u64,
+    /// ISO 3166 region for phone numbers typed without a country code.
+    pub default_region: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
+    pub log_filter: String,
+}
+
+fn serialize_redacted<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crm_store::redact_url(secret.expose_secret()))
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: SecretString::from("sqlite://./data/crm.db"),
+            database_max_connections: 8,
+            database_acquire_timeout_seconds: 10,
+            default_region: "GR".into(),
+            log_format: LogFormat::Auto,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen_addr", &self.listen_addr)
+            .field("database_url", &crm_store::redact_url(self.database_url.expose_secret()))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("database_acquire_timeout_seconds", &self.database_acquire_timeout_seconds)
+            .field("default_region", &self.default_region)
+            .field("log_format", &self.log_format)
+            .field("log_filter", &self.log_filter)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (required if given, else `crm.toml` when present), then the
+    /// environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        Self::from_figment(Self::figment(file)?)
+    }
+
+    fn figment(file: Option<&Path>) -> anyhow::Result<Figment> {
+        let mut figment = Figment::from(Serialized::defaults(SettingsDefaults::default()));
+        match file {
+            Some(path) if !path.exists() => bail!("config file {} does not exist", path.display()),
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None => figment = figment.merge(Toml::file("crm.toml")),
+        }
+        Ok(figment.merge(Env::prefixed("CRM_").split("__")))
+    }
+
+    fn from_figment(figment: Figment) -> anyhow::Result<Settings> {
+        let settings: Settings = figment.extract().context("invalid configuration")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        crm_domain::contact::Region::parse(&self.default_region).map_err(anyhow::Error::msg).context("default_region")?;
+        crm_store::StoreConfig::from_url(self.database_url.expose_secret()).backend().context("database_url")?;
+        if self.database_max_connections == 0 {
+            bail!("database_max_connections must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The store configuration.
+    pub fn store(&self) -> crm_store::StoreConfig {
+        crm_store::StoreConfig {
+            url: self.database_url.expose_secret().to_owned(),
+            max_connections: self.database_max_connections,
+            acquire_timeout: std::time::Duration::from_secs(self.database_acquire_timeout_seconds),
+        }
+    }
+
+    /// The settings as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+fn toml_string(settings: &Settings) -> String {
+    let value = serde_json::to_value(settings).unwrap_or_default();
+    let mut out = String::new();
+    if let serde_json::Value::Object(map) = value {
+        for (key, value) in map {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    out
+}
+
+/// The defaults in serialisable form (the real URL, not a redacted one).
+#[derive(Serialize)]
+struct SettingsDefaults {
+    listen_addr: SocketAddr,
+    database_url: String,
+    database_max_connections: u32,
+    database_acquire_timeout_seconds: u64,
+    default_region: String,
+    log_format: LogFormat,
+    log_filter: String,
+}
+
+impl Default for SettingsDefaults {
+    fn default() -> Self {
+        let d = Settings::default();
+        SettingsDefaults {
+            listen_addr: d.listen_addr,
+            database_url: d.database_url.expose_secret().to_owned(),
+            database_max_connections: d.database_max_connections,
+            database_acquire_timeout_seconds: d.database_acquire_timeout_seconds,
+            default_region: d.default_region,
+            log_format: d.log_format,
+            log_filter: d.log_filter,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file("crm.toml", "default_region = \"DE\"\nlisten_addr = \"127.0.0.1:9000\"\n")?;
+            jail.set_env("CRM_DATABASE_URL", "postgres://crm:hunter2@127.0.0.1/crm");
+            jail.set_env("CRM_LISTEN_ADDR", "127.0.0.1:9100");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.default_region, "DE");
+            assert_eq!(settings.listen_addr.port(), 9100);
+            assert_eq!(settings.store().url, "postgres://crm:hunter2@127.0.0.1/crm");
+            let debug = format!("{settings:?}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+            assert!(!settings.to_redacted_toml().contains("hunter2"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_their_name() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CRM_DEFAULT_REGION", "Narnia");
+            let err = Settings::load(None).unwrap_err();
+            assert!(format!("{err:#}").contains("default_region"), "{err:#}");
+            jail.set_env("CRM_DEFAULT_REGION", "GR");
+            jail.set_env("CRM_DATABASE_URL", "mysql://x");
+            let err = Settings::load(None).unwrap_err();
+            assert!(format!("{err:#}").contains("database_url"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        Jail::expect_with(|_| {
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.store().url, "sqlite://./data/crm.db");
+            assert_eq!(settings.store().backend().unwrap(), crm_store::Backend::Sqlite);
+            Ok(())
+        });
+    }
+}

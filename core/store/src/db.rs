@@ -1,0 +1,485 @@
+//! The two backends behind one face: connection set-up, migrations, transactions, and the
+//! handful of places where SQLite and PostgreSQL differ (value encoding, search clause, row
+//! locks). Everything above this module writes SQL once.
+
+use crate::{Result, StoreError};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{ConnectOptions, Executor, PgPool, Postgres, Row as _, Sqlite, SqlitePool, Transaction};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, the embedded default.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// How to reach the database. The URL may hold a password: it is never printed by `Debug`.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` or `postgres://user:pass@host/db`.
+    pub url: String,
+    /// Connections in the pool (PostgreSQL) or readers (SQLite; there is one writer).
+    pub max_connections: u32,
+    /// How long to wait for a connection or a lock.
+    pub acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl StoreConfig {
+    /// A SQLite database in `path`, created if missing.
+    pub fn sqlite_file(path: impl AsRef<Path>) -> Self {
+        Self::from_url(format!("sqlite://{}", path.as_ref().display()))
+    }
+
+    /// Any supported URL with default pool settings.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        StoreConfig { url: url.into(), max_connections: 8, acquire_timeout: Duration::from_secs(10) }
+    }
+
+    /// The backend the URL names.
+    pub fn backend(&self) -> Result<Backend> {
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if self.url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err(StoreError::Config(format!("unsupported database URL `{}`: use sqlite:// or postgres://", redact_url(&self.url))))
+        }
+    }
+}
+
+/// The store: cheap to clone, shared by all request handlers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pools: Pools,
+}
+
+#[derive(Debug, Clone)]
+enum Pools {
+    /// SQLite allows one writer at a time: writes go through a single connection so
+    /// transactions queue instead of failing with SQLITE_BUSY; reads use their own pool.
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+impl Store {
+    /// Connects to the database the configuration names (creating a SQLite file and its
+    /// directory when missing). Does not migrate: call [`Store::migrate`].
+    pub async fn connect(config: &StoreConfig) -> Result<Store> {
+        let pools = match config.backend()? {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&config.url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(config.acquire_timeout)
+                    .log_statements(tracing::log::LevelFilter::Trace);
+                if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
+                }
+                let write = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options.clone())
+                    .await?;
+                let read = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections.max(1))
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options.read_only(true))
+                    .await?;
+                Pools::Sqlite { read, write }
+            }
+            Backend::Postgres => {
+                let options = PgConnectOptions::from_str(&config.url)?.log_statements(tracing::log::LevelFilter::Trace);
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections.max(1))
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await?;
+                Pools::Postgres(pool)
+            }
+        };
+        Ok(Store { pools })
+    }
+
+    /// Applies the backend's pending migrations.
+    #[tracing::instrument(skip_all, fields(backend = ?self.backend()))]
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.pools {
+            Pools::Sqlite { write, .. } => sqlx::migrate!("../../migrations/sqlite").run(write).await?,
+            Pools::Postgres(pool) => sqlx::migrate!("../../migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Which backend this store runs on.
+    pub fn backend(&self) -> Backend {
+        match self.pools {
+            Pools::Sqlite { .. } => Backend::Sqlite,
+            Pools::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        match &self.pools {
+            Pools::Sqlite { read, .. } => read.execute("SELECT 1").await.map(drop)?,
+            Pools::Postgres(pool) => pool.execute("SELECT 1").await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// Runs one administrative statement (no bound values, no result), e.g. `CREATE DATABASE`
+    /// for test set-up. Never pass user input.
+    pub async fn execute_raw(&self, statement: &str) -> Result<()> {
+        match &self.pools {
+            Pools::Sqlite { write, .. } => write.execute(sqlx::raw_sql(statement)).await.map(drop)?,
+            Pools::Postgres(pool) => pool.execute(sqlx::raw_sql(statement)).await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        match &self.pools {
+            Pools::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Pools::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// Starts a write transaction.
+    pub(crate) async fn begin(&self) -> Result<Tx> {
+        Ok(match &self.pools {
+            Pools::Sqlite { write, .. } => Tx::Sqlite(write.begin().await?),
+            Pools::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// Runs a read-only query outside any transaction.
+    pub(crate) async fn fetch_all(&self, sql: &Sql) -> Result<Vec<Row>> {
+        match &self.pools {
+            Pools::Sqlite { read, .. } => sqlite::fetch_all(read, sql).await,
+            Pools::Postgres(pool) => postgres::fetch_all(pool, sql).await,
+        }
+    }
+}
+
+/// A write transaction on either backend. Dropped without [`Tx::commit`], it rolls back.
+pub(crate) enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    pub(crate) async fn execute(&mut self, sql: &Sql) -> Result<u64> {
+        match self {
+            Tx::Sqlite(tx) => sqlite::execute(&mut **tx, sql).await,
+            Tx::Postgres(tx) => postgres::execute(&mut **tx, sql).await,
+        }
+    }
+
+    pub(crate) async fn fetch_all(&mut self, sql: &Sql) -> Result<Vec<Row>> {
+        match self {
+            Tx::Sqlite(tx) => sqlite::fetch_all(&mut **tx, sql).await,
+            Tx::Postgres(tx) => postgres::fetch_all(&mut **tx, sql).await,
+        }
+    }
+
+    pub(crate) async fn fetch_optional(&mut self, sql: &Sql) -> Result<Option<Row>> {
+        Ok(self.fetch_all(sql).await?.into_iter().next())
+    }
+
+    pub(crate) async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A value to bind, encoded per backend: UUIDs and times are native types on PostgreSQL and
+/// text on SQLite (times in a fixed-width UTC form, so text order is time order).
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Bool(bool),
+    Uuid(Option<Uuid>),
+    Time(Option<DateTime<Utc>>),
+    Json(Box<RawValue>),
+}
+
+/// The SQLite text form of a time: `2026-11-21T08:01:49.123456Z`.
+fn sqlite_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>> {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.6fZ")
+        .map(|t| t.and_utc())
+        .map_err(|e| StoreError::Corrupt(format!("time `{text}`: {e}")))
+}
+
+/// SQL text with its bound values; [`Sql::bind`] appends the next `$N` placeholder.
+#[derive(Debug, Default)]
+pub(crate) struct Sql {
+    text: String,
+    args: Vec<Value>,
+}
+
+impl Sql {
+    pub(crate) fn new(text: impl Into<String>) -> Self {
+        Sql { text: text.into(), args: Vec::new() }
+    }
+
+    pub(crate) fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    pub(crate) fn bind(&mut self, value: Value) -> &mut Self {
+        self.args.push(value);
+        let _ = write!(self.text, "${}", self.args.len());
+        self
+    }
+
+    #[cfg(test)]
+    fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// One result row, decoded by column name into backend-neutral values.
+pub(crate) enum Row {
+    Sqlite(SqliteRow),
+    Postgres(PgRow),
+}
+
+impl Row {
+    pub(crate) fn uuid(&self, column: &str) -> Result<Uuid> {
+        match self {
+            Row::Sqlite(r) => {
+                let text: String = r.try_get(column)?;
+                Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column} `{text}`: {e}")))
+            }
+            Row::Postgres(r) => Ok(r.try_get(column)?),
+        }
+    }
+
+    pub(crate) fn text(&self, column: &str) -> Result<String> {
+        Ok(match self {
+            Row::Sqlite(r) => r.try_get(column)?,
+            Row::Postgres(r) => r.try_get(column)?,
+        })
+    }
+
+    pub(crate) fn int(&self, column: &str) -> Result<i64> {
+        Ok(match self {
+            Row::Sqlite(r) => r.try_get(column)?,
+            Row::Postgres(r) => r.try_get(column)?,
+        })
+    }
+
+    pub(crate) fn time(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
+        match self {
+            Row::Sqlite(r) => r.try_get::<Option<String>, _>(column)?.as_deref().map(parse_sqlite_time).transpose(),
+            Row::Postgres(r) => Ok(r.try_get(column)?),
+        }
+    }
+
+    /// A JSON column, as text (PostgreSQL queries select `doc::text`).
+    pub(crate) fn json_text(&self, column: &str) -> Result<String> {
+        Ok(match self {
+            Row::Sqlite(r) => r.try_get(column)?,
+            Row::Postgres(r) => r.try_get(column)?,
+        })
+    }
+}
+
+/// Makes `%`, `_` and `\` in a search term match themselves in a LIKE pattern.
+fn escape_like(term: &str) -> String {
+    let mut out = String::with_capacity(term.len());
+    for c in term.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The SQL that differs between the backends.
+pub(crate) trait Dialect {
+    /// The column list that reads a record (`doc` as text on both).
+    fn record_columns(&self) -> &'static str;
+    /// Appends ` AND <condition>` matching rows of `table` whose folded search text contains
+    /// `term`, answered by the backend's trigram index.
+    fn push_search(&self, sql: &mut Sql, table: &str, term: &str);
+    /// The suffix that locks selected rows until the transaction ends.
+    fn lock_rows(&self) -> &'static str;
+}
+
+impl Dialect for Backend {
+    fn record_columns(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "id, version, created_at, updated_at, deleted_at, doc",
+            Backend::Postgres => "id, version, created_at, updated_at, deleted_at, doc::text AS doc",
+        }
+    }
+
+    fn push_search(&self, sql: &mut Sql, table: &str, term: &str) {
+        let pattern = Value::Text(Some(format!("%{}%", escape_like(term))));
+        match self {
+            // FTS5 with the trigram tokenizer answers LIKE from its index.
+            Backend::Sqlite => sql
+                .push(&format!(" AND {table}.rowid IN (SELECT rowid FROM {table}_fts WHERE search_text LIKE "))
+                .bind(pattern)
+                .push(" ESCAPE '\\')"),
+            // pg_trgm's GIN index answers LIKE.
+            Backend::Postgres => sql.push(&format!(" AND {table}.search_text LIKE ")).bind(pattern).push(" ESCAPE '\\'"),
+        };
+    }
+
+    fn lock_rows(&self) -> &'static str {
+        match self {
+            // One writer connection: a write transaction already excludes all others.
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+mod sqlite {
+    use super::*;
+    use sqlx::query::Query;
+    use sqlx::sqlite::SqliteArguments;
+
+    fn bind<'q>(query: Query<'q, Sqlite, SqliteArguments<'q>>, value: &'q Value) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+        match value {
+            Value::Text(v) => query.bind(v.as_deref()),
+            Value::Int(v) => query.bind(*v),
+            Value::Bool(v) => query.bind(*v),
+            Value::Uuid(v) => query.bind(v.map(|u| u.hyphenated().to_string())),
+            Value::Time(v) => query.bind(v.as_ref().map(sqlite_time)),
+            Value::Json(v) => query.bind(v.get()),
+        }
+    }
+
+    fn query(sql: &Sql) -> Query<'_, Sqlite, SqliteArguments<'_>> {
+        sql.args.iter().fold(sqlx::query(sql.text.as_str()), bind)
+    }
+
+    pub(super) async fn execute<'e, E: Executor<'e, Database = Sqlite>>(executor: E, sql: &Sql) -> Result<u64> {
+        Ok(query(sql).execute(executor).await?.rows_affected())
+    }
+
+    pub(super) async fn fetch_all<'e, E: Executor<'e, Database = Sqlite>>(executor: E, sql: &Sql) -> Result<Vec<Row>> {
+        Ok(query(sql).fetch_all(executor).await?.into_iter().map(Row::Sqlite).collect())
+    }
+}
+
+mod postgres {
+    use super::*;
+    use sqlx::postgres::PgArguments;
+    use sqlx::query::Query;
+    use sqlx::types::Json;
+
+    fn bind<'q>(query: Query<'q, Postgres, PgArguments>, value: &'q Value) -> Query<'q, Postgres, PgArguments> {
+        match value {
+            Value::Text(v) => query.bind(v.as_deref()),
+            Value::Int(v) => query.bind(*v),
+            Value::Bool(v) => query.bind(*v),
+            Value::Uuid(v) => query.bind(*v),
+            Value::Time(v) => query.bind(*v),
+            Value::Json(v) => query.bind(Json(v.as_ref())),
+        }
+    }
+
+    fn query(sql: &Sql) -> Query<'_, Postgres, PgArguments> {
+        sql.args.iter().fold(sqlx::query(sql.text.as_str()), bind)
+    }
+
+    pub(super) async fn execute<'e, E: Executor<'e, Database = Postgres>>(executor: E, sql: &Sql) -> Result<u64> {
+        Ok(query(sql).execute(executor).await?.rows_affected())
+    }
+
+    pub(super) async fn fetch_all<'e, E: Executor<'e, Database = Postgres>>(executor: E, sql: &Sql) -> Result<Vec<Row>> {
+        Ok(query(sql).fetch_all(executor).await?.into_iter().map(Row::Postgres).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show_in_debug() {
+        let config = StoreConfig::from_url("postgres://crm:s3cret@db.internal:5432/crm");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("postgres://crm:***@db.internal:5432/crm"), "{printed}");
+    }
+
+    #[test]
+    fn sqlite_times_sort_as_text() {
+        let a = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.5Z").unwrap().with_timezone(&Utc);
+        let b = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.123456Z").unwrap().with_timezone(&Utc);
+        assert!(sqlite_time(&b) < sqlite_time(&a));
+        assert_eq!(parse_sqlite_time(&sqlite_time(&a)).unwrap(), a);
+    }
+
+    #[test]
+    fn placeholders_are_numbered() {
+        let mut sql = Sql::new("SELECT 1 WHERE a = ");
+        sql.bind(Value::Int(Some(1))).push(" AND b = ").bind(Value::Bool(true));
+        assert_eq!(sql.text(), "SELECT 1 WHERE a = $1 AND b = $2");
+    }
+}

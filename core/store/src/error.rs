@@ -1,0 +1,54 @@
+//! The store's error type. `NotFound`, stale versions and conflicts are their own variants so
+//! the API can answer 404, 412 and 409 without looking at database error text.
+
+use crm_domain::Violations;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No record with that id (or it is deleted and deleted records were not asked for).
+    #[error("not found")]
+    NotFound,
+    /// The caller's version is not the record's current version.
+    #[error("the record has changed: it is at version {current}")]
+    VersionMismatch {
+        /// The record's current version.
+        current: i64,
+    },
+    /// The change clashes with the data: a duplicate unique value, a refused status change,
+    /// too little stock.
+    #[error("{detail}")]
+    Conflict {
+        /// The field concerned, as a JSON Pointer, if one is.
+        pointer: Option<String>,
+        /// What clashes.
+        detail: String,
+    },
+    /// The input refers to something that does not exist (checked inside the transaction).
+    #[error(transparent)]
+    Invalid(#[from] Violations),
+    /// The database failed or is unreachable.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read back.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    /// The configuration is unusable.
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// A conflict on `pointer`.
+    pub fn conflict(pointer: Option<&str>, detail: impl Into<String>) -> Self {
+        StoreError::Conflict { pointer: pointer.map(str::to_owned), detail: detail.into() }
+    }
+
+    /// Whether the database reported a unique constraint violation.
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
