@@ -1,1 +1,263 @@
-//! placeholder
+//! Test support shared by the end-to-end suites and benchmarks: a fresh database per test on
+//! either backend, and a running server bound to a free port.
+//!
+//! PostgreSQL tests use `CRM_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) to create a uniquely named database per test,
+//! dropped afterwards. When no server answers they are skipped with a notice on the terminal,
+//! unless `CRM_REQUIRE_POSTGRES=1` (set by `.ci/run`), which turns the skip into a failure.
+
+use crm_store::{Store, StoreConfig};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The backends a test can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server.
+    Postgres,
+}
+
+/// A migrated store on a database of its own, removed when dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The store.
+    pub store: Store,
+    /// The URL it was opened with.
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+#[derive(Debug)]
+enum Cleanup {
+    Dir(std::path::PathBuf),
+    Database { admin_url: String, name: String },
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("CRM_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn postgres_required() -> bool {
+    std::env::var("CRM_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+}
+
+/// Writes straight to the terminal: libtest captures `eprintln!`, not the stderr handle.
+fn notice(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+static SKIP_NOTED: AtomicBool = AtomicBool::new(false);
+
+impl TestDb {
+    /// A fresh database on `backend`, or `None` when PostgreSQL is not reachable and not
+    /// required (the skip is announced once per test binary).
+    pub async fn new(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("crm-test-{}", uuid::Uuid::now_v7()));
+                std::fs::create_dir_all(&dir).expect("temp dir");
+                let url = format!("sqlite://{}", dir.join("crm.db").display());
+                let store = Store::connect(&StoreConfig::from_url(&url)).await.expect("open sqlite");
+                store.migrate().await.expect("migrate sqlite");
+                Some(TestDb { store, url, cleanup: Cleanup::Dir(dir) })
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let admin = match Store::connect(&StoreConfig::from_url(&admin_url)).await {
+                    Ok(admin) => admin,
+                    Err(err) if !postgres_required() => {
+                        if !SKIP_NOTED.swap(true, Ordering::SeqCst) {
+                            notice(&format!(
+                                "NOTICE: PostgreSQL backend tests SKIPPED: no server at {} ({err}). Set CRM_REQUIRE_POSTGRES=1 to make this a failure.",
+                                crm_store::redact_url(&admin_url)
+                            ));
+                        }
+                        return None;
+                    }
+                    Err(err) => {
+                        panic!("CRM_REQUIRE_POSTGRES=1 but PostgreSQL at {} is unreachable: {err}", crm_store::redact_url(&admin_url))
+                    }
+                };
+                let name = format!("crm_test_{}", uuid::Uuid::now_v7().simple());
+                admin.execute_raw(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+                admin.close().await;
+                let url = replace_database(&admin_url, &name);
+                let store = Store::connect(&StoreConfig::from_url(&url)).await.expect("open postgres");
+                store.migrate().await.expect("migrate postgres");
+                Some(TestDb { store, url, cleanup: Cleanup::Database { admin_url, name } })
+            }
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |s| s + 2) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Database { admin_url, name } => {
+                // Drop runs inside the test's runtime: do the async clean-up on a thread of its own.
+                let (admin_url, name, store) = (admin_url.clone(), name.clone(), self.store.clone());
+                let _ = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                    runtime.block_on(async move {
+                        store.close().await;
+                        if let Ok(admin) = Store::connect(&StoreConfig::from_url(&admin_url)).await {
+                            let _ = admin.execute_raw(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                            admin.close().await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// Runs an async test body once per backend; a backend that is skipped is announced.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::TestDb::new($crate::Backend::Sqlite).await.expect("sqlite is always available");
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::TestDb::new($crate::Backend::Postgres).await else { return };
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+/// A server on a free loopback port over a fresh database, stopped when dropped.
+#[derive(Debug)]
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    /// A client that sends an admin API key with every request.
+    pub client: reqwest::Client,
+    /// A client that sends no credentials.
+    pub anonymous: reqwest::Client,
+    /// The admin API key `client` uses.
+    pub admin_key: String,
+    /// The database behind it.
+    pub db: TestDb,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Cheap Argon2 settings for tests (the production defaults cost ~20 MiB and tens of ms).
+pub fn test_api_config() -> crm_api::ApiConfig {
+    crm_api::ApiConfig {
+        auth: crm_api::AuthConfig { argon2_memory_kib: 64, argon2_iterations: 1, ..crm_api::AuthConfig::default() },
+        ..crm_api::ApiConfig::default()
+    }
+}
+
+/// A reqwest client that sends `Authorization: Bearer <token>` with every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers).build().expect("client")
+}
+
+impl TestApp {
+    /// Starts the API over `db` with the test configuration.
+    pub async fn spawn(db: TestDb) -> TestApp {
+        Self::spawn_with(db, test_api_config()).await
+    }
+
+    /// Starts the API over `db` with `config`, and makes an admin API key for `client`.
+    pub async fn spawn_with(db: TestDb, config: crm_api::ApiConfig) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("addr"));
+        let state = crm_api::AppState::new(db.store.clone(), config).await.expect("app state");
+        let app = crm_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve");
+        });
+        let admin_key = format!("{}test-admin-{}", crm_api::API_KEY_PREFIX, uuid::Uuid::now_v7().simple());
+        let scopes = crm_domain::access::Area::ALL
+            .iter()
+            .flat_map(|area| crm_domain::access::Action::ALL.iter().map(move |action| format!("{}:{}", area.as_str(), action.as_str())))
+            .collect();
+        let key = crm_domain::user::ApiKey {
+            name: "test admin".into(),
+            prefix: admin_key[..10].to_owned(),
+            scopes,
+            created_by: None,
+            last_used_at: None,
+        };
+        db.store.create_api_key(key, sha256_hex(&admin_key)).await.expect("admin key");
+        TestApp { address, client: client_with_token(&admin_key), anonymous: reqwest::Client::new(), admin_key, db, server }
+    }
+
+    /// `address` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+}
+
+/// SHA-256 of `text`, hex: how the server stores API keys and refresh tokens.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Runs an async API test body once per backend against a running server.
+#[macro_export]
+macro_rules! api_on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::TestDb::new($crate::Backend::Sqlite).await.expect("sqlite is always available");
+                    super::$name(&$crate::TestApp::spawn(db).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::TestDb::new($crate::Backend::Postgres).await else { return };
+                    super::$name(&$crate::TestApp::spawn(db).await).await;
+                }
+            )*
+        }
+    };
+}

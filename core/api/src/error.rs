@@ -26,6 +26,18 @@ pub enum ApiError {
     /// The request is malformed in a way no field explains (bad JSON syntax): 400.
     #[error("{0}")]
     BadRequest(String),
+    /// Missing or invalid credentials: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but not allowed: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many failed attempts: 429.
+    #[error("too many requests")]
+    TooManyRequests {
+        /// Seconds until the client may try again.
+        retry_after: u64,
+    },
     /// No such resource: 404.
     #[error("{0}")]
     NotFound(String),
@@ -91,6 +103,9 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadQuery(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -111,6 +126,11 @@ impl ApiError {
                 ("invalid-query", "Invalid query parameter", format!("{} query parameter(s) are invalid", v.0.len()), v.0.clone())
             }
             ApiError::BadRequest(d) => ("bad-request", "Malformed request", d.clone(), vec![]),
+            ApiError::Unauthorized(d) => ("unauthorized", "Authentication required", d.clone(), vec![]),
+            ApiError::Forbidden(d) => ("forbidden", "Forbidden", d.clone(), vec![]),
+            ApiError::TooManyRequests { retry_after } => {
+                ("too-many-requests", "Too many requests", format!("too many failed attempts; try again in {retry_after} seconds"), vec![])
+            }
             ApiError::NotFound(d) => ("not-found", "Not found", d.clone(), vec![]),
             ApiError::MethodNotAllowed => {
                 ("method-not-allowed", "Method not allowed", "this path does not accept that method".into(), vec![])
@@ -192,7 +212,19 @@ impl IntoResponse for ApiError {
             }
             tracing::error!(error = %self, causes = ?causes, "request failed");
         }
-        problem_response(status, &self.problem())
+        let mut response = problem_response(status, &self.problem());
+        match &self {
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyRequests { retry_after } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            _ => {}
+        }
+        response
     }
 }
 

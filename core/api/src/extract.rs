@@ -144,8 +144,18 @@ pub(crate) fn strict_query<T: DeserializeOwned>(raw: Option<&str>, names: &[&str
     }
 }
 
+/// The decoded parameters. A value holding U+0000 is refused: PostgreSQL cannot compare text
+/// with it, and no stored value contains it.
 fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
-    Ok(form_urlencoded::parse(raw.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(raw.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let mut errors = Violations::default();
+    for (name, value) in &pairs {
+        if value.contains('\0') {
+            errors.push(format!("/{name}"), "must not contain the NUL character (U+0000)");
+        }
+    }
+    if errors.is_empty() { Ok(pairs) } else { Err(ApiError::BadQuery(errors)) }
 }
 
 fn refuse_unknown(pairs: &[(String, String)], known: &[&str], errors: &mut Violations) {

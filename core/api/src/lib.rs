@@ -8,12 +8,16 @@
 //!
 //! ```no_run
 //! # async fn demo(store: crm_store::Store) {
-//! let app = crm_api::router(crm_api::AppState::new(store, crm_domain::contact::Region::GR));
+//! let state = crm_api::AppState::new(store, crm_api::ApiConfig::default()).await.unwrap();
+//! let app = crm_api::router(state);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
-//! axum::serve(listener, app).await.unwrap();
+//! let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+//! axum::serve(listener, service).await.unwrap();
 //! # }
 //! ```
 
+mod admin;
+mod auth;
 mod error;
 mod extract;
 mod openapi;
@@ -21,35 +25,85 @@ mod ops;
 mod resources;
 mod telemetry;
 
+pub use auth::{API_KEY_PREFIX, Auth, AuthConfig, Ctx, Principal, Requirement, RouteRule, generate_password, route_rules};
 pub use error::{ApiError, ApiResult, Problem};
 pub use openapi::document as openapi_document;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
+use crm_domain::access::{Action, Area};
 use crm_domain::contact::Region;
 use crm_domain::customer::Customer;
 use crm_domain::order::Order;
 use crm_domain::product::Product;
+use crm_domain::user::{ApiKey, User};
 use crm_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// How the API is set up.
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// Region used to read phone numbers written without a country code.
+    pub default_region: Region,
+    /// Sign-in and token settings.
+    pub auth: AuthConfig,
+    /// Origins (e.g. `https://console.example.gr`) whose browsers may call the API.
+    pub cors_origins: Vec<String>,
+}
+
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The store.
+    /// The store (acting as the system; handlers act through [`auth::Ctx`]).
     pub store: Store,
     /// Region used to read phone numbers written without a country code.
     pub default_region: Region,
+    /// Keys and sign-in throttling.
+    pub auth: Arc<Auth>,
+    cors_origins: Vec<HeaderValue>,
 }
 
 impl AppState {
-    /// State over a store.
-    pub fn new(store: Store, default_region: Region) -> Self {
-        AppState { store, default_region }
+    /// State over a store: loads (or creates) the token signing key and checks the CORS origins.
+    pub async fn new(store: Store, config: ApiConfig) -> Result<Self, String> {
+        let auth = Auth::new(&store, config.auth).await.map_err(|e| format!("cannot load the token signing key: {e}"))?;
+        let cors_origins = config
+            .cors_origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o.trim_end_matches('/')).map_err(|_| format!("`{o}` is not a valid CORS origin")))
+            .collect::<Result<_, _>>()?;
+        Ok(AppState { store, default_region: config.default_region, auth: Arc::new(auth), cors_origins })
     }
+}
+
+/// The permission rule of every route (see [`route_rules`]).
+fn route_table() -> Vec<RouteRule> {
+    let rule = |method: Method, path: &str, requirement: Requirement| RouteRule { method, path: path.to_owned(), requirement };
+    let mut rules = Vec::new();
+    rules.extend(resources::rules::<Customer>());
+    rules.extend(resources::rules::<Product>());
+    rules.extend(resources::rules::<Order>());
+    rules.extend(resources::rules::<User>());
+    rules.extend(resources::rules::<ApiKey>());
+    rules.extend([
+        rule(Method::GET, "/api/v1/customers/{id}/orders", Requirement::Permission(Area::Orders, Action::View)),
+        rule(Method::GET, "/api/v1/customers/{id}/history", Requirement::Permission(Area::Customers, Action::View)),
+        rule(Method::POST, "/api/v1/users/{id}/password", Requirement::Permission(Area::Users, Action::Admin)),
+        rule(Method::GET, "/api/v1/audit", Requirement::Permission(Area::Audit, Action::View)),
+        rule(Method::POST, "/api/v1/auth/login", Requirement::Public),
+        rule(Method::POST, "/api/v1/auth/refresh", Requirement::Public),
+        rule(Method::POST, "/api/v1/auth/logout", Requirement::Public),
+        rule(Method::GET, "/api/v1/me", Requirement::SignedIn),
+    ]);
+    rules
 }
 
 /// The whole application: API routes, operational endpoints, and the middleware that gives
@@ -60,13 +114,30 @@ pub fn router(state: AppState) -> Router {
         .merge(resources::routes::<Customer>())
         .merge(resources::routes::<Product>())
         .merge(resources::routes::<Order>())
-        .route("/customers/{id}/orders", get(resources::customer_orders));
+        .merge(resources::routes::<User>())
+        .merge(resources::routes::<ApiKey>())
+        .route("/customers/{id}/orders", get(resources::customer_orders))
+        .route("/customers/{id}/history", get(resources::customer_history))
+        .merge(admin::routes())
+        .merge(auth::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
+        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH, HeaderName::from_static("x-request-id")])
+        .expose_headers([header::ETAG, header::LOCATION, HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600));
     let app = Router::new()
         .nest("/api/v1", api)
         .merge(ops::routes())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(cors)
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
         .with_state(state);
     telemetry::instrument(app)
 }

@@ -2,15 +2,20 @@
 //! every record type's schemas and filter parameters come from its Rust definitions, and the
 //! CRUD operations are described once for all of them, as they are implemented once.
 
+use crate::admin::{AuditParams, PasswordRequest};
+use crate::auth::{LoginRequest, Me, RefreshRequest, TokenResponse};
 use crate::error::Problem;
 use crate::extract::ListParams;
 use crate::resources::ApiResource;
 use crm_domain::customer::Customer;
 use crm_domain::order::Order;
 use crm_domain::product::Product;
+use crm_domain::user::{ApiKey, User};
+use crm_store::AuditEntry;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItemBuilder};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{AllOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr, ResponseBuilder, Schema,
 };
@@ -39,6 +44,9 @@ pub fn document() -> OpenApi {
     describe::<Customer>(&mut paths, &mut schemas);
     describe::<Product>(&mut paths, &mut schemas);
     describe::<Order>(&mut paths, &mut schemas);
+    describe::<User>(&mut paths, &mut schemas);
+    describe::<ApiKey>(&mut paths, &mut schemas);
+    paths = describe_access(paths, &mut schemas);
     paths = paths.path(
         "/api/v1/customers/{id}/orders",
         utoipa::openapi::PathItem::new(
@@ -58,6 +66,7 @@ pub fn document() -> OpenApi {
             utoipa::openapi::PathItem::new(
                 HttpMethod::Get,
                 operation("operations", summary, id)
+                    .security(SecurityRequirement::default())
                     .response("200", ResponseBuilder::new().description("OK"))
                     .response("503", problem("Not ready")),
             ),
@@ -68,6 +77,7 @@ pub fn document() -> OpenApi {
         utoipa::openapi::PathItem::new(
             HttpMethod::Get,
             operation("operations", "Prometheus metrics", "metrics")
+                .security(SecurityRequirement::default())
                 .response("200", ResponseBuilder::new().description("Metrics in the Prometheus text format")),
         ),
     );
@@ -81,12 +91,31 @@ pub fn document() -> OpenApi {
                      Updates take `If-Match` with the ETag from a read; a stale one gets 412.",
         )))
         .paths(paths)
-        .components(Some(ComponentsBuilder::new().schemas_from_iter(schemas).build()))
+        .components(Some(
+            ComponentsBuilder::new()
+                .schemas_from_iter(schemas)
+                .security_scheme(
+                    "bearer",
+                    SecurityScheme::Http(
+                        HttpBuilder::new()
+                            .scheme(HttpAuthScheme::Bearer)
+                            .description(Some("An access token from /api/v1/auth/login, or an API key (`crm_…`)"))
+                            .build(),
+                    ),
+                )
+                .build(),
+        ))
+        .security(Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]))
         .build()
 }
 
 fn operation(tag: &str, summary: &str, id: &str) -> OperationBuilder {
-    OperationBuilder::new().tag(tag).summary(Some(summary)).operation_id(Some(id))
+    OperationBuilder::new()
+        .tag(tag)
+        .summary(Some(summary))
+        .operation_id(Some(id))
+        .response("401", problem("Missing or invalid credentials"))
+        .response("403", problem("Not allowed for this principal"))
 }
 
 fn id_parameter() -> ParameterBuilder {
@@ -204,17 +233,104 @@ fn describe<R: ApiResource>(paths: &mut PathsBuilder, schemas: &mut Vec<(String,
         .response("200", json_response("Restored", record_schema(&name)))
         .response("404", problem("No such record"));
 
-    let taken = std::mem::take(paths);
-    *paths = taken
+    let item_ops = PathItemBuilder::new().operation(HttpMethod::Get, read).operation(HttpMethod::Delete, delete);
+    let item_ops = if R::EDITABLE { item_ops.operation(HttpMethod::Put, replace).operation(HttpMethod::Patch, patch) } else { item_ops };
+    let taken = std::mem::take(paths)
         .path(&collection, PathItemBuilder::new().operation(HttpMethod::Get, list).operation(HttpMethod::Post, create).build())
-        .path(
-            &item,
-            PathItemBuilder::new()
-                .operation(HttpMethod::Get, read)
-                .operation(HttpMethod::Put, replace)
-                .operation(HttpMethod::Patch, patch)
-                .operation(HttpMethod::Delete, delete)
-                .build(),
+        .path(&item, item_ops.build());
+    *paths = if R::RESTORABLE {
+        taken.path(format!("{item}/restore"), utoipa::openapi::PathItem::new(HttpMethod::Post, restore))
+    } else {
+        taken
+    };
+}
+
+/// Sign-in, tokens, `/me`, passwords, history and the audit trail.
+fn describe_access(paths: PathsBuilder, schemas: &mut Vec<(String, RefOr<Schema>)>) -> PathsBuilder {
+    for (name, schema) in [
+        ("LoginRequest", LoginRequest::schema()),
+        ("RefreshRequest", RefreshRequest::schema()),
+        ("TokenResponse", TokenResponse::schema()),
+        ("PasswordRequest", PasswordRequest::schema()),
+        ("Me", Me::schema()),
+        ("AuditEntry", AuditEntry::schema()),
+    ] {
+        schemas.push((name.into(), schema));
+    }
+    Me::schemas(schemas);
+    AuditEntry::schemas(schemas);
+    let body = |name: &str| {
+        RequestBodyBuilder::new()
+            .required(Some(utoipa::openapi::Required::True))
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name(name))).build())
+            .build()
+    };
+    let audit_page = || {
+        ObjectBuilder::new().property("items", ArrayBuilder::new().items(Ref::from_schema_name("AuditEntry"))).required("items").property(
+            "next_cursor",
+            ObjectBuilder::new().schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null])),
         )
-        .path(format!("{item}/restore"), utoipa::openapi::PathItem::new(HttpMethod::Post, restore));
+    };
+    let post = |op: OperationBuilder| utoipa::openapi::PathItem::new(HttpMethod::Post, op);
+    let get = |op: OperationBuilder| utoipa::openapi::PathItem::new(HttpMethod::Get, op);
+    paths
+        .path(
+            "/api/v1/auth/login",
+            post(
+                operation("auth", "Sign in with e-mail and password", "login")
+                    .security(SecurityRequirement::default())
+                    .request_body(Some(body("LoginRequest")))
+                    .response("200", json_response("Access and refresh tokens", Ref::from_schema_name("TokenResponse")))
+                    .response("401", problem("Wrong e-mail or password, or the account is disabled"))
+                    .response("429", problem("Too many failed attempts; see Retry-After")),
+            ),
+        )
+        .path(
+            "/api/v1/auth/refresh",
+            post(
+                operation("auth", "Exchange a refresh token for new tokens (the old one is used up)", "refresh")
+                    .security(SecurityRequirement::default())
+                    .request_body(Some(body("RefreshRequest")))
+                    .response("200", json_response("New tokens", Ref::from_schema_name("TokenResponse")))
+                    .response("401", problem("Unknown, expired, revoked or reused refresh token (reuse revokes the session)")),
+            ),
+        )
+        .path(
+            "/api/v1/auth/logout",
+            post(
+                operation("auth", "End the session a refresh token belongs to", "logout")
+                    .security(SecurityRequirement::default())
+                    .request_body(Some(body("RefreshRequest")))
+                    .response("204", ResponseBuilder::new().description("Signed out")),
+            ),
+        )
+        .path(
+            "/api/v1/me",
+            get(operation("auth", "Who am I, and what may I do", "me")
+                .response("200", json_response("The principal", Ref::from_schema_name("Me")))),
+        )
+        .path(
+            "/api/v1/users/{id}/password",
+            post(
+                operation("users", "Set a user's password (ends their sessions)", "set_password")
+                    .parameter(id_parameter())
+                    .request_body(Some(body("PasswordRequest")))
+                    .response("204", ResponseBuilder::new().description("Password set"))
+                    .response("404", problem("No such user"))
+                    .response("422", problem("Password too weak")),
+            ),
+        )
+        .path(
+            "/api/v1/audit",
+            get(operation("audit", "The audit trail, newest first", "audit")
+                .parameters(Some(AuditParams::into_params(|| Some(ParameterIn::Query))))
+                .response("200", json_response("A page of audit records", audit_page()))),
+        )
+        .path(
+            "/api/v1/customers/{id}/history",
+            get(operation("customers", "A customer's change history", "customer_history")
+                .parameter(id_parameter())
+                .response("200", json_response("A page of audit records", audit_page()))
+                .response("404", problem("No such customer"))),
+        )
 }

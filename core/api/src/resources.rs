@@ -3,20 +3,22 @@
 //! concurrency. Each record type says how its input is parsed and which filters it takes.
 
 use crate::AppState;
+use crate::auth::{Ctx, Requirement, RouteRule};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, IfMatch, JsonBody, ListParams, etag, list_query, strict_query, typed};
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
+use crm_domain::access::{Action, Area, Scope};
 use crm_domain::contact::phone_query_digits;
 use crm_domain::customer::{self, Customer, CustomerInput, CustomerStatus};
 use crm_domain::order::{self, Order, OrderInput, OrderStatus, PaymentStatus, ProductRef};
 use crm_domain::product::{self, Product, ProductCategory, ProductInput};
 use crm_domain::{Record, search_terms, strip_read_only};
-use crm_store::{CustomerFilter, ListQuery, OrderFilter, Page, ProductFilter, Resource};
+use crm_store::{AuditEntry, AuditQuery, CustomerFilter, ListQuery, OrderFilter, Page, ProductFilter, Resource};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -39,23 +41,122 @@ pub(crate) trait ApiResource: Resource + Serialize + Clone + utoipa::ToSchema {
     /// The filter parameters as sent.
     type FilterParams: DeserializeOwned + utoipa::IntoParams;
 
-    /// Validates input into data, looking up what it refers to.
-    fn parse(state: &AppState, input: Self::Input) -> impl Future<Output = ApiResult<Self>> + Send;
+    /// The permission area.
+    const AREA: Area;
+    /// Whether records can be replaced and patched (else only created and deleted).
+    const EDITABLE: bool = true;
+    /// Whether deleted records can be restored.
+    const RESTORABLE: bool = true;
+
+    /// Validates input into data, looking up what it refers to. `current` is the record's data
+    /// when the input replaces it (PUT, PATCH), absent on create.
+    fn parse(state: &AppState, input: Self::Input, current: Option<&Self>) -> impl Future<Output = ApiResult<Self>> + Send;
 
     /// The store filter for the parameters.
     fn filter(params: Self::FilterParams) -> <Self as crm_store::Resource>::Filter;
+
+    /// Creates a record from a client's JSON, already checked for assignment by the caller.
+    /// Resources that keep secrets beside the record (users' passwords, API keys) override it.
+    fn create(ctx: &Ctx, state: &AppState, body: Value) -> impl Future<Output = ApiResult<Response>> + Send {
+        async move {
+            let scope = ctx.principal.require(Self::AREA, Action::Edit)?;
+            let mut data = parse_body::<Self>(state, body, None).await?;
+            check_assignment(ctx, scope, None, &mut data)?;
+            let record = ctx.store.create(data).await?;
+            Ok(created::<Self>(record))
+        }
+    }
+
+    /// For resources whose records are assigned to a user: to whom (`None`: no such notion).
+    fn assignee(&self) -> Option<Option<Uuid>> {
+        None
+    }
+
+    /// Assigns the record.
+    fn set_assignee(&mut self, user: Option<Uuid>) {
+        let _ = user;
+    }
+
+    /// Narrows a listing to records assigned to `user`.
+    fn restrict(filter: &mut <Self as crm_store::Resource>::Filter, user: Uuid) {
+        let _ = (filter, user);
+    }
+}
+
+/// The 201 answer for a new record, with its ETag and Location.
+pub(crate) fn created<R: ApiResource>(record: Record<R>) -> Response {
+    let location = format!("/api/v1/{}/{}", R::PATH, record.id);
+    let mut response = with_etag(StatusCode::CREATED, record);
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Refuses a record that the principal may reach only when it is assigned to them.
+fn check_assigned<R: ApiResource>(ctx: &Ctx, scope: Scope, data: &R) -> ApiResult<()> {
+    match (scope, data.assignee()) {
+        (Scope::Assigned, Some(assignee)) if assignee.is_none() || assignee != ctx.principal.user_id() => {
+            Err(ApiError::Forbidden(format!("this {} is not assigned to you", R::NAME)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Applies the assignment rules to data about to be written over `current` (absent on
+/// create): those who see only their own records create them for themselves, and changing
+/// who a record is assigned to needs the area's admin permission.
+fn check_assignment<R: ApiResource>(ctx: &Ctx, scope: Scope, current: Option<&R>, next: &mut R) -> ApiResult<()> {
+    let Some(wanted) = next.assignee() else { return Ok(()) };
+    if current.is_none() {
+        if scope == Scope::Assigned {
+            match wanted {
+                None => next.set_assignee(ctx.principal.user_id()),
+                Some(user) if Some(user) == ctx.principal.user_id() => {}
+                Some(_) => return Err(ApiError::Forbidden(format!("you may only assign a new {} to yourself", R::NAME))),
+            }
+        }
+        return Ok(());
+    }
+    if current.and_then(R::assignee).flatten() != wanted {
+        ctx.principal.require(R::AREA, Action::Admin).map_err(|_| ApiError::Forbidden(format!("you may not reassign a {}", R::NAME)))?;
+    }
+    Ok(())
 }
 
 /// Routes for one record type.
 pub(crate) fn routes<R: ApiResource>() -> Router<AppState> {
-    Router::new()
-        .route(&format!("/{}", R::PATH), get(list::<R>).post(create::<R>))
-        .route(&format!("/{}/{{id}}", R::PATH), get(read::<R>).put(replace::<R>).patch(patch::<R>).delete(delete::<R>))
-        .route(&format!("/{}/{{id}}/restore", R::PATH), post(restore::<R>))
+    let item = get(read::<R>).delete(delete::<R>);
+    let item = if R::EDITABLE { item.put(replace::<R>).patch(patch::<R>) } else { item };
+    let router =
+        Router::new().route(&format!("/{}", R::PATH), get(list::<R>).post(create::<R>)).route(&format!("/{}/{{id}}", R::PATH), item);
+    if R::RESTORABLE { router.route(&format!("/{}/{{id}}/restore", R::PATH), post(restore::<R>)) } else { router }
+}
+
+/// The permission rule of each route [`routes`] makes for `R`.
+pub(crate) fn rules<R: ApiResource>() -> Vec<RouteRule> {
+    let rule =
+        |method: Method, path: String, action: Action| RouteRule { method, path, requirement: Requirement::Permission(R::AREA, action) };
+    let collection = format!("/api/v1/{}", R::PATH);
+    let item = format!("{collection}/{{id}}");
+    let mut rules = vec![
+        rule(Method::GET, collection.clone(), Action::View),
+        rule(Method::POST, collection, Action::Edit),
+        rule(Method::GET, item.clone(), Action::View),
+        rule(Method::DELETE, item.clone(), Action::Delete),
+    ];
+    if R::EDITABLE {
+        rules.push(rule(Method::PUT, item.clone(), Action::Edit));
+        rules.push(rule(Method::PATCH, item.clone(), Action::Edit));
+    }
+    if R::RESTORABLE {
+        rules.push(rule(Method::POST, format!("{item}/restore"), Action::Delete));
+    }
+    rules
 }
 
 /// A record with its ETag header.
-fn with_etag<R: Serialize>(status: StatusCode, record: Record<R>) -> Response {
+pub(crate) fn with_etag<R: Serialize>(status: StatusCode, record: Record<R>) -> Response {
     let tag = etag(record.version);
     let mut response = (status, Json(record)).into_response();
     if let Ok(value) = HeaderValue::from_str(&tag) {
@@ -72,13 +173,31 @@ fn not_found<R: ApiResource>(err: crm_store::StoreError, id: Uuid) -> ApiError {
 }
 
 /// Parses a client's JSON into the resource's data.
-async fn parse_body<R: ApiResource>(state: &AppState, mut body: Value) -> ApiResult<R> {
+pub(crate) async fn parse_body<R: ApiResource>(state: &AppState, mut body: Value, current: Option<&R>) -> ApiResult<R> {
     if !body.is_object() {
         return Err(ApiError::Invalid(crm_domain::Violations::one("", format!("a {} must be a JSON object", R::NAME))));
     }
     strip_read_only(&mut body, R::READ_ONLY);
+    if let Some(pointer) = nul_character(&body, String::new()) {
+        return Err(ApiError::Invalid(crm_domain::Violations::one(pointer, "must not contain the NUL character (U+0000)")));
+    }
     let input: R::Input = typed(body)?;
-    R::parse(state, input).await
+    R::parse(state, input, current).await
+}
+
+/// The JSON Pointer of the first string (or member name) holding U+0000, which no text column
+/// of PostgreSQL can store: refused up front so both backends answer alike.
+fn nul_character(value: &Value, at: String) -> Option<String> {
+    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| nul_character(item, format!("{at}/{i}"))),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let at = format!("{at}/{}", escape(key));
+            if key.contains('\0') { Some(at) } else { nul_character(item, at) }
+        }),
+        _ => None,
+    }
 }
 
 /// The store query for a listing's parameters. Search terms are folded, and a term that reads
@@ -104,38 +223,63 @@ struct IncludeDeleted {
     include_deleted: bool,
 }
 
-pub(crate) async fn list<R: ApiResource>(State(state): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Json<Page<Record<R>>>> {
+pub(crate) async fn list<R: ApiResource>(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Page<Record<R>>>> {
+    let scope = ctx.principal.require(R::AREA, Action::View)?;
     let (params, filter) = list_query::<R::FilterParams>(raw.as_deref(), R::FILTERS)?;
-    let query = list_request(&state, params, R::filter(filter));
-    Ok(Json(state.store.list::<R>(&query).await?))
-}
-
-pub(crate) async fn create<R: ApiResource>(State(state): State<AppState>, JsonBody(body): JsonBody) -> ApiResult<Response> {
-    let data = parse_body::<R>(&state, body).await?;
-    let record = state.store.create(data).await?;
-    let location = format!("/api/v1/{}/{}", R::PATH, record.id);
-    let mut response = with_etag(StatusCode::CREATED, record);
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
+    let mut filter = R::filter(filter);
+    if let (Scope::Assigned, Some(user)) = (scope, ctx.principal.user_id()) {
+        R::restrict(&mut filter, user);
     }
-    Ok(response)
+    let query = list_request(&state, params, filter);
+    Ok(Json(ctx.store.list::<R>(&query).await?))
 }
 
-pub(crate) async fn read<R: ApiResource>(State(state): State<AppState>, Id(id): Id, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+pub(crate) async fn create<R: ApiResource>(State(state): State<AppState>, ctx: Ctx, JsonBody(body): JsonBody) -> ApiResult<Response> {
+    R::create(&ctx, &state, body).await
+}
+
+/// Reads a record the principal may `action`, or the reason they may not.
+async fn readable<R: ApiResource>(ctx: &Ctx, id: Uuid, action: Action, include_deleted: bool) -> ApiResult<Record<R>> {
+    let scope = ctx.principal.require(R::AREA, action)?;
+    let record = ctx.store.get::<R>(id, include_deleted).await.map_err(|e| not_found::<R>(e, id))?;
+    check_assigned(ctx, scope, &record.data)?;
+    Ok(record)
+}
+
+pub(crate) async fn read<R: ApiResource>(ctx: Ctx, Id(id): Id, RawQuery(raw): RawQuery) -> ApiResult<Response> {
     let IncludeDeleted { include_deleted } = strict_query(raw.as_deref(), &["include_deleted"])?;
-    let record = state.store.get::<R>(id, include_deleted).await.map_err(|e| not_found::<R>(e, id))?;
+    Ok(with_etag(StatusCode::OK, readable::<R>(&ctx, id, Action::View, include_deleted).await?))
+}
+
+/// Validates `next` as a replacement for `current` and writes it, unless the record has moved
+/// past `version`.
+async fn write_over<R: ApiResource>(
+    state: &AppState,
+    ctx: &Ctx,
+    current: Record<R>,
+    version: Option<i64>,
+    body: Value,
+) -> ApiResult<Response> {
+    let scope = ctx.principal.require(R::AREA, Action::Edit)?;
+    let mut data = parse_body::<R>(state, body, Some(&current.data)).await?;
+    check_assignment(ctx, scope, Some(&current.data), &mut data)?;
+    let record = ctx.store.update(current.id, version.or(Some(current.version)), data).await.map_err(|e| not_found::<R>(e, current.id))?;
     Ok(with_etag(StatusCode::OK, record))
 }
 
 pub(crate) async fn replace<R: ApiResource>(
     State(state): State<AppState>,
+    ctx: Ctx,
     Id(id): Id,
     IfMatch(version): IfMatch,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
-    let data = parse_body::<R>(&state, body).await?;
-    let record = state.store.update(id, version, data).await.map_err(|e| not_found::<R>(e, id))?;
-    Ok(with_etag(StatusCode::OK, record))
+    let current = readable::<R>(&ctx, id, Action::Edit, false).await?;
+    write_over(&state, &ctx, current, version, body).await
 }
 
 /// Applies a JSON merge patch to the record as clients see it, then validates the result as a
@@ -143,6 +287,7 @@ pub(crate) async fn replace<R: ApiResource>(
 /// `If-Match` version), so concurrent patches never overwrite each other unseen.
 pub(crate) async fn patch<R: ApiResource>(
     State(state): State<AppState>,
+    ctx: Ctx,
     Id(id): Id,
     IfMatch(version): IfMatch,
     JsonBody(patch): JsonBody,
@@ -150,24 +295,24 @@ pub(crate) async fn patch<R: ApiResource>(
     if !patch.is_object() {
         return Err(ApiError::Invalid(crm_domain::Violations::one("", "a merge patch must be a JSON object")));
     }
-    let current = state.store.get::<R>(id, false).await.map_err(|e| not_found::<R>(e, id))?;
+    let current = readable::<R>(&ctx, id, Action::Edit, false).await?;
     if version.is_some_and(|v| v != current.version) {
         return Err(ApiError::PreconditionFailed { current: current.version });
     }
     let mut document = serde_json::to_value(&current.data).map_err(ApiError::internal)?;
     json_patch::merge(&mut document, &patch);
-    let data = parse_body::<R>(&state, document).await?;
-    let record = state.store.update(id, Some(current.version), data).await.map_err(|e| not_found::<R>(e, id))?;
+    write_over(&state, &ctx, current, version, document).await
+}
+
+pub(crate) async fn delete<R: ApiResource>(ctx: Ctx, Id(id): Id, IfMatch(version): IfMatch) -> ApiResult<Response> {
+    readable::<R>(&ctx, id, Action::Delete, false).await?;
+    let record = ctx.store.delete::<R>(id, version).await.map_err(|e| not_found::<R>(e, id))?;
     Ok(with_etag(StatusCode::OK, record))
 }
 
-pub(crate) async fn delete<R: ApiResource>(State(state): State<AppState>, Id(id): Id, IfMatch(version): IfMatch) -> ApiResult<Response> {
-    let record = state.store.delete::<R>(id, version).await.map_err(|e| not_found::<R>(e, id))?;
-    Ok(with_etag(StatusCode::OK, record))
-}
-
-pub(crate) async fn restore<R: ApiResource>(State(state): State<AppState>, Id(id): Id, IfMatch(version): IfMatch) -> ApiResult<Response> {
-    let record = state.store.restore::<R>(id, version).await.map_err(|e| not_found::<R>(e, id))?;
+pub(crate) async fn restore<R: ApiResource>(ctx: Ctx, Id(id): Id, IfMatch(version): IfMatch) -> ApiResult<Response> {
+    readable::<R>(&ctx, id, Action::Delete, true).await?;
+    let record = ctx.store.restore::<R>(id, version).await.map_err(|e| not_found::<R>(e, id))?;
     Ok(with_etag(StatusCode::OK, record))
 }
 
@@ -189,15 +334,28 @@ impl ApiResource for Customer {
     const NAME: &'static str = "customer";
     const READ_ONLY: &'static [&'static str] = customer::READ_ONLY;
     const FILTERS: &'static [&'static str] = &["tag", "status", "assigned_to"];
+    const AREA: Area = Area::Customers;
     type Input = CustomerInput;
     type FilterParams = CustomerParams;
 
-    async fn parse(state: &AppState, input: CustomerInput) -> ApiResult<Self> {
+    async fn parse(state: &AppState, input: CustomerInput, _: Option<&Self>) -> ApiResult<Self> {
         Ok(input.parse(state.default_region, Utc::now())?)
     }
 
     fn filter(p: CustomerParams) -> CustomerFilter {
         CustomerFilter { tag: p.tag, status: p.status, assigned_to: p.assigned_to }
+    }
+
+    fn assignee(&self) -> Option<Option<Uuid>> {
+        Some(self.assigned_to)
+    }
+
+    fn set_assignee(&mut self, user: Option<Uuid>) {
+        self.assigned_to = user;
+    }
+
+    fn restrict(filter: &mut CustomerFilter, user: Uuid) {
+        filter.assigned_to = Some(user);
     }
 }
 
@@ -217,10 +375,11 @@ impl ApiResource for Product {
     const NAME: &'static str = "product";
     const READ_ONLY: &'static [&'static str] = product::READ_ONLY;
     const FILTERS: &'static [&'static str] = &["category", "active"];
+    const AREA: Area = Area::Products;
     type Input = ProductInput;
     type FilterParams = ProductParams;
 
-    async fn parse(_: &AppState, input: ProductInput) -> ApiResult<Self> {
+    async fn parse(_: &AppState, input: ProductInput, _: Option<&Self>) -> ApiResult<Self> {
         Ok(input.parse()?)
     }
 
@@ -241,19 +400,34 @@ pub(crate) struct OrderParams {
     /// In this payment status.
     #[param(inline)]
     payment_status: Option<PaymentStatus>,
+    /// Assigned to this user.
+    assigned_to: Option<Uuid>,
 }
 
 impl ApiResource for Order {
     const PATH: &'static str = "orders";
     const NAME: &'static str = "order";
     const READ_ONLY: &'static [&'static str] = order::READ_ONLY;
-    const FILTERS: &'static [&'static str] = &["customer_id", "status", "payment_status"];
+    const FILTERS: &'static [&'static str] = &["customer_id", "status", "payment_status", "assigned_to"];
+    const AREA: Area = Area::Orders;
     type Input = OrderInput;
     type FilterParams = OrderParams;
 
-    /// Looks up the products the lines name (live ones only) and prices the order.
-    async fn parse(state: &AppState, input: OrderInput) -> ApiResult<Self> {
-        let products = state.store.get_many::<Product>(&input.product_ids()).await?;
+    /// Looks up the products the lines name and prices the order. New lines need live
+    /// products; a product the order already holds may have been deleted since, and the order
+    /// must still be able to move on (be cancelled, shipped...).
+    async fn parse(state: &AppState, input: OrderInput, current: Option<&Self>) -> ApiResult<Self> {
+        let ids = input.product_ids();
+        let mut products = state.store.get_many::<Product>(&ids).await?;
+        let held = |id: &Uuid| current.is_some_and(|c| c.items.iter().any(|item| item.product_id == Some(*id)));
+        let deleted: Vec<Uuid> = ids.into_iter().filter(|id| !products.iter().any(|p| p.id == *id) && held(id)).collect();
+        for id in deleted {
+            match state.store.get::<Product>(id, true).await {
+                Ok(product) => products.push(product),
+                Err(crm_store::StoreError::NotFound) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
         let refs: HashMap<Uuid, ProductRef> = products
             .into_iter()
             .map(|p| (p.id, ProductRef { name: p.data.name, price: p.data.price, currency: p.data.currency }))
@@ -262,7 +436,19 @@ impl ApiResource for Order {
     }
 
     fn filter(p: OrderParams) -> OrderFilter {
-        OrderFilter { customer_id: p.customer_id, status: p.status, payment_status: p.payment_status }
+        OrderFilter { customer_id: p.customer_id, status: p.status, payment_status: p.payment_status, assigned_to: p.assigned_to }
+    }
+
+    fn assignee(&self) -> Option<Option<Uuid>> {
+        Some(self.assigned_to)
+    }
+
+    fn set_assignee(&mut self, user: Option<Uuid>) {
+        self.assigned_to = user;
+    }
+
+    fn restrict(filter: &mut OrderFilter, user: Uuid) {
+        filter.assigned_to = Some(user);
     }
 }
 
@@ -270,12 +456,32 @@ impl ApiResource for Order {
 /// not exist.
 pub(crate) async fn customer_orders(
     State(state): State<AppState>,
+    ctx: Ctx,
     Id(id): Id,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Page<Record<Order>>>> {
-    state.store.get::<Customer>(id, true).await.map_err(|e| not_found::<Customer>(e, id))?;
-    let (params, mut filter) = list_query::<OrderParams>(raw.as_deref(), &["status", "payment_status"])?;
+    readable::<Customer>(&ctx, id, Action::View, true).await?;
+    let scope = ctx.principal.require(Area::Orders, Action::View)?;
+    let (params, mut filter) = list_query::<OrderParams>(raw.as_deref(), &["status", "payment_status", "assigned_to"])?;
     filter.customer_id = Some(id);
-    let query = list_request(&state, params, Order::filter(filter));
-    Ok(Json(state.store.list::<Order>(&query).await?))
+    let mut filter = Order::filter(filter);
+    if let (Scope::Assigned, Some(user)) = (scope, ctx.principal.user_id()) {
+        Order::restrict(&mut filter, user);
+    }
+    let query = list_request(&state, params, filter);
+    Ok(Json(ctx.store.list::<Order>(&query).await?))
+}
+
+/// A customer's history: the audit trail of the customer record, newest first.
+pub(crate) async fn customer_history(ctx: Ctx, Id(id): Id, RawQuery(raw): RawQuery) -> ApiResult<Json<Page<AuditEntry>>> {
+    readable::<Customer>(&ctx, id, Action::View, true).await?;
+    let Paging { cursor, limit } = strict_query(raw.as_deref(), &["cursor", "limit"])?;
+    let query = AuditQuery { resource: Some("customers".into()), resource_id: Some(id), cursor, limit, ..AuditQuery::default() };
+    Ok(Json(ctx.store.audit_trail(&query).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct Paging {
+    cursor: Option<String>,
+    limit: Option<u32>,
 }

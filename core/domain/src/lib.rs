@@ -13,6 +13,8 @@
 //! assert_eq!(totals.total.minor(), 2_100);
 //! ```
 
+pub mod access;
+pub mod audit;
 pub mod contact;
 pub mod customer;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod order;
 pub mod product;
 pub mod record;
 mod search;
+pub mod user;
 
 pub use error::{FieldError, Violations};
 pub use record::{Record, strip_read_only};

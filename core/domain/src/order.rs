@@ -324,6 +324,9 @@ pub struct Order {
     /// Free notes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
+    /// The user responsible for the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_to: Option<Uuid>,
 }
 
 /// An order as a client sends it.
@@ -357,6 +360,9 @@ pub struct OrderInput {
     /// Notes.
     #[serde(default)]
     pub notes: Option<String>,
+    /// Responsible user.
+    #[serde(default)]
+    pub assigned_to: Option<Uuid>,
 }
 
 /// What an order line needs to know about its product.
@@ -420,16 +426,17 @@ impl OrderInput {
             payment_status: self.payment_status.unwrap_or_default(),
             invoice_path,
             notes,
+            assigned_to: self.assigned_to,
         };
-        if errors.is_empty() {
-            if let Err(err) = order.reprice() {
-                let pointer = match err {
-                    PricingError::DiscountExceedsSubtotal { .. } | PricingError::DiscountOutOfRange => "/discount/value".to_owned(),
-                    PricingError::BadLine(i) => format!("/items/{i}"),
-                    PricingError::Overflow(_) => "/items".to_owned(),
-                };
-                errors.push(pointer, err.to_string());
-            }
+        if errors.is_empty()
+            && let Err(err) = order.reprice()
+        {
+            let pointer = match err {
+                PricingError::DiscountExceedsSubtotal { .. } | PricingError::DiscountOutOfRange => "/discount/value".to_owned(),
+                PricingError::BadLine(i) => format!("/items/{i}"),
+                PricingError::Overflow(_) => "/items".to_owned(),
+            };
+            errors.push(pointer, err.to_string());
         }
         errors.finish(|| order)
     }

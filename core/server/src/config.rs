@@ -40,6 +40,28 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
     pub log_filter: String,
+    /// Minutes an access token lives.
+    pub auth_access_token_minutes: u64,
+    /// Days a refresh token lives.
+    pub auth_refresh_token_days: u64,
+    /// Argon2id memory cost in KiB.
+    pub auth_argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    pub auth_argon2_iterations: u32,
+    /// Browser origins allowed to call the API (CORS), e.g. `["https://console.example.gr"]`.
+    pub cors_origins: Vec<String>,
+    /// E-mail of the first admin, created at start when there are no users yet.
+    pub admin_email: Option<String>,
+    /// Password of that first admin.
+    #[serde(serialize_with = "serialize_secret_option")]
+    pub admin_password: Option<SecretString>,
+}
+
+fn serialize_secret_option<S: serde::Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_str("***"),
+        None => s.serialize_none(),
+    }
 }
 
 fn serialize_redacted<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
@@ -56,6 +78,13 @@ impl Default for Settings {
             default_region: "GR".into(),
             log_format: LogFormat::Auto,
             log_filter: "info".into(),
+            auth_access_token_minutes: 15,
+            auth_refresh_token_days: 30,
+            auth_argon2_memory_kib: 19 * 1024,
+            auth_argon2_iterations: 2,
+            cors_origins: Vec::new(),
+            admin_email: None,
+            admin_password: None,
         }
     }
 }
@@ -70,6 +99,13 @@ impl std::fmt::Debug for Settings {
             .field("default_region", &self.default_region)
             .field("log_format", &self.log_format)
             .field("log_filter", &self.log_filter)
+            .field("auth_access_token_minutes", &self.auth_access_token_minutes)
+            .field("auth_refresh_token_days", &self.auth_refresh_token_days)
+            .field("auth_argon2_memory_kib", &self.auth_argon2_memory_kib)
+            .field("auth_argon2_iterations", &self.auth_argon2_iterations)
+            .field("cors_origins", &self.cors_origins)
+            .field("admin_email", &self.admin_email)
+            .field("admin_password", &self.admin_password.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -104,7 +140,28 @@ impl Settings {
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");
         }
+        if self.auth_access_token_minutes == 0 || self.auth_refresh_token_days == 0 {
+            bail!("auth_access_token_minutes and auth_refresh_token_days must be at least 1");
+        }
+        if self.admin_email.is_some() != self.admin_password.is_some() {
+            bail!("set both admin_email and admin_password (CRM_ADMIN_EMAIL, CRM_ADMIN_PASSWORD), or neither");
+        }
         Ok(())
+    }
+
+    /// The API configuration.
+    pub fn api(&self) -> anyhow::Result<crm_api::ApiConfig> {
+        Ok(crm_api::ApiConfig {
+            default_region: crm_domain::contact::Region::parse(&self.default_region).map_err(anyhow::Error::msg)?,
+            auth: crm_api::AuthConfig {
+                access_token_ttl: std::time::Duration::from_secs(self.auth_access_token_minutes * 60),
+                refresh_token_ttl: std::time::Duration::from_secs(self.auth_refresh_token_days * 24 * 3600),
+                argon2_memory_kib: self.auth_argon2_memory_kib,
+                argon2_iterations: self.auth_argon2_iterations,
+                ..crm_api::AuthConfig::default()
+            },
+            cors_origins: self.cors_origins.clone(),
+        })
     }
 
     /// The store configuration.
@@ -143,6 +200,11 @@ struct SettingsDefaults {
     default_region: String,
     log_format: LogFormat,
     log_filter: String,
+    auth_access_token_minutes: u64,
+    auth_refresh_token_days: u64,
+    auth_argon2_memory_kib: u32,
+    auth_argon2_iterations: u32,
+    cors_origins: Vec<String>,
 }
 
 impl Default for SettingsDefaults {
@@ -156,6 +218,11 @@ impl Default for SettingsDefaults {
             default_region: d.default_region,
             log_format: d.log_format,
             log_filter: d.log_filter,
+            auth_access_token_minutes: d.auth_access_token_minutes,
+            auth_refresh_token_days: d.auth_refresh_token_days,
+            auth_argon2_memory_kib: d.auth_argon2_memory_kib,
+            auth_argon2_iterations: d.auth_argon2_iterations,
+            cors_origins: d.cors_origins,
         }
     }
 }
@@ -171,13 +238,17 @@ mod tests {
             jail.create_file("crm.toml", "default_region = \"DE\"\nlisten_addr = \"127.0.0.1:9000\"\n")?;
             jail.set_env("CRM_DATABASE_URL", "postgres://crm:hunter2@127.0.0.1/crm");
             jail.set_env("CRM_LISTEN_ADDR", "127.0.0.1:9100");
+            jail.set_env("CRM_ADMIN_EMAIL", "owner@example.gr");
+            jail.set_env("CRM_ADMIN_PASSWORD", "bell tower secret");
             let settings = Settings::load(None).map_err(|e| e.to_string())?;
             assert_eq!(settings.default_region, "DE");
             assert_eq!(settings.listen_addr.port(), 9100);
             assert_eq!(settings.store().url, "postgres://crm:hunter2@127.0.0.1/crm");
             let debug = format!("{settings:?}");
-            assert!(!debug.contains("hunter2"), "{debug}");
-            assert!(!settings.to_redacted_toml().contains("hunter2"));
+            assert!(!debug.contains("hunter2") && !debug.contains("bell tower secret"), "{debug}");
+            let printed = settings.to_redacted_toml();
+            assert!(!printed.contains("hunter2") && !printed.contains("bell tower secret"), "{printed}");
+            assert_eq!(settings.admin_email.as_deref(), Some("owner@example.gr"));
             Ok(())
         });
     }

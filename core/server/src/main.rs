@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use crm_server::config::Settings;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +29,9 @@ enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// Manage console users.
+    #[command(subcommand)]
+    User(crm_server::users::UserCommand),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +44,7 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Config = cli.command {
-        print!("{}", settings.to_redacted_toml());
+        let _ = write!(std::io::stdout(), "{}", settings.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
     crm_server::telemetry::init(&settings);
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
             Command::Serve => crm_server::serve(settings).await,
             Command::Migrate => crm_server::open_store(&settings).await.map(|_| tracing::info!("migrations applied")),
             Command::Config => Ok(()),
+            Command::User(command) => crm_server::run_user_command(&settings, command).await,
         }
     });
     match result {

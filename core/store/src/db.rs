@@ -2,6 +2,7 @@
 //! handful of places where SQLite and PostgreSQL differ (value encoding, search clause, row
 //! locks). Everything above this module writes SQL once.
 
+use crate::audit::Actor;
 use crate::{Result, StoreError};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::value::RawValue;
@@ -11,6 +12,7 @@ use sqlx::{ConnectOptions, Executor, PgPool, Postgres, Row as _, Sqlite, SqliteP
 use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -85,6 +87,8 @@ impl StoreConfig {
 #[derive(Debug, Clone)]
 pub struct Store {
     pools: Pools,
+    /// Who the changes made through this handle are attributed to in the audit trail.
+    pub(crate) actor: Arc<Actor>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,7 +140,7 @@ impl Store {
                 Pools::Postgres(pool)
             }
         };
-        Ok(Store { pools })
+        Ok(Store { pools, actor: Arc::new(Actor::default()) })
     }
 
     /// Applies the backend's pending migrations.
@@ -147,6 +151,16 @@ impl Store {
             Pools::Postgres(pool) => sqlx::migrate!("../../migrations/postgres").run(pool).await?,
         }
         Ok(())
+    }
+
+    /// A handle on the same database whose changes are attributed to `actor` in the audit trail.
+    pub fn acting_as(&self, actor: Actor) -> Store {
+        Store { pools: self.pools.clone(), actor: Arc::new(actor) }
+    }
+
+    /// Who this handle acts as.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
     }
 
     /// Which backend this store runs on.
@@ -319,6 +333,23 @@ impl Row {
             Row::Sqlite(r) => r.try_get(column)?,
             Row::Postgres(r) => r.try_get(column)?,
         })
+    }
+
+    pub(crate) fn optional_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(match self {
+            Row::Sqlite(r) => r.try_get(column)?,
+            Row::Postgres(r) => r.try_get(column)?,
+        })
+    }
+
+    pub(crate) fn optional_uuid(&self, column: &str) -> Result<Option<Uuid>> {
+        match self {
+            Row::Sqlite(r) => r
+                .try_get::<Option<String>, _>(column)?
+                .map(|text| Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column} `{text}`: {e}"))))
+                .transpose(),
+            Row::Postgres(r) => Ok(r.try_get(column)?),
+        }
     }
 
     pub(crate) fn int(&self, column: &str) -> Result<i64> {

@@ -16,11 +16,15 @@
 //! # Ok(()) }
 //! ```
 
+mod audit;
+mod auth;
 mod db;
 mod error;
 mod query;
 mod resources;
 
+pub use audit::{Actor, ActorKind, AuditEntry, AuditQuery};
+pub use auth::{ApiKeyFilter, RefreshOutcome, UserFilter};
 pub use db::{Backend, Store, StoreConfig, redact_url};
 pub use error::StoreError;
 pub use query::{

@@ -93,6 +93,8 @@ pub struct OrderFilter {
     pub status: Option<OrderStatus>,
     /// In this payment status.
     pub payment_status: Option<PaymentStatus>,
+    /// Assigned to this user.
+    pub assigned_to: Option<Uuid>,
 }
 
 /// One condition of a listing, made by the store's filter types (opaque to other crates).
@@ -108,6 +110,11 @@ enum Cond {
 }
 
 impl Condition {
+    /// `column = value`.
+    pub(crate) fn eq(column: &'static str, value: Value) -> Condition {
+        Condition(Cond::Eq(column, value))
+    }
+
     /// Appends ` AND <condition>`.
     pub(crate) fn push(self, sql: &mut Sql) {
         match self.0 {
@@ -159,6 +166,7 @@ impl ListFilter for OrderFilter {
             eq("customer_id", self.customer_id.map(|u| Value::Uuid(Some(u)))),
             eq("status", self.status.map(|s| text(s.as_str()))),
             eq("payment_status", self.payment_status.map(|s| text(&serde_plain(&s)))),
+            eq("assigned_to", self.assigned_to.map(|u| Value::Uuid(Some(u)))),
         ]
         .into_iter()
         .flatten()

@@ -3,6 +3,7 @@
 //! customers, products and orders, with the rules that need the database (unique SKUs, order
 //! numbers, stock movements) applied inside the same transaction as the change.
 
+use crate::audit;
 use crate::db::{Dialect, Row, Sql, Tx, Value};
 use crate::query::{ListFilter, ListQuery, Page, SortKey, SortKind, next_cursor, page_size, push_page, serde_plain};
 use crate::{CustomerFilter, OrderFilter, ProductFilter, Result, Store, StoreError};
@@ -25,7 +26,7 @@ pub trait Resource: Table {
 }
 
 /// How a resource maps onto its table, and the hooks its rules need.
-pub(crate) trait Table: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
+pub(crate) trait Table: Serialize + Clone + DeserializeOwned + Send + Sync + Sized + 'static {
     /// Table name.
     const TABLE: &'static str;
     /// Sort keys clients may use.
@@ -55,6 +56,12 @@ pub(crate) trait Table: Serialize + DeserializeOwned + Send + Sync + Sized + 'st
         async { Ok(()) }
     }
 
+    /// Cleans up after a soft delete (e.g. ends a disabled user's sessions).
+    fn after_delete(tx: &mut Tx, id: Uuid) -> impl Future<Output = Result<()>> + Send {
+        let _ = (tx, id);
+        async { Ok(()) }
+    }
+
     /// Refuses a soft delete the resource's rules do not allow.
     fn check_delete(current: &Record<Self>) -> Result<()> {
         let _ = current;
@@ -67,11 +74,11 @@ pub(crate) trait Table: Serialize + DeserializeOwned + Send + Sync + Sized + 'st
     }
 }
 
-const fn sort(name: &'static str, column: &'static str, kind: SortKind) -> SortKey {
+pub(crate) const fn sort(name: &'static str, column: &'static str, kind: SortKind) -> SortKey {
     SortKey { name, column, kind }
 }
 
-fn decode<R: Table>(row: &Row) -> Result<Record<R>> {
+pub(crate) fn decode<R: Table>(row: &Row) -> Result<Record<R>> {
     let doc = row.json_text("doc")?;
     let data = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(format!("{} document: {e}", R::TABLE)))?;
     Ok(Record {
@@ -89,12 +96,12 @@ fn json<T: Serialize>(data: &T) -> Result<Value> {
 }
 
 /// Now, to the microsecond both backends keep.
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
 /// Reads a record inside a transaction and locks it until the transaction ends.
-async fn load_locked<R: Table>(tx: &mut Tx, id: Uuid, deleted: Option<bool>) -> Result<Record<R>> {
+pub(crate) async fn load_locked<R: Table>(tx: &mut Tx, id: Uuid, deleted: Option<bool>) -> Result<Record<R>> {
     let backend = tx.backend();
     let mut sql = Sql::new(format!("SELECT {} FROM {} WHERE id = ", backend.record_columns(), R::TABLE));
     sql.bind(Value::Uuid(Some(id)));
@@ -108,7 +115,7 @@ async fn load_locked<R: Table>(tx: &mut Tx, id: Uuid, deleted: Option<bool>) -> 
     decode(&row)
 }
 
-fn check_version<R>(current: &Record<R>, expected: Option<i64>) -> Result<()> {
+pub(crate) fn check_version<R>(current: &Record<R>, expected: Option<i64>) -> Result<()> {
     match expected {
         Some(v) if v != current.version => Err(StoreError::VersionMismatch { current: current.version }),
         _ => Ok(()),
@@ -116,7 +123,7 @@ fn check_version<R>(current: &Record<R>, expected: Option<i64>) -> Result<()> {
 }
 
 /// Writes `data` over the record `current`, bumping its version.
-async fn overwrite<R: Table>(tx: &mut Tx, current: &Record<R>, data: R, now: DateTime<Utc>) -> Result<Record<R>> {
+pub(crate) async fn overwrite<R: Table>(tx: &mut Tx, current: &Record<R>, data: R, now: DateTime<Utc>) -> Result<Record<R>> {
     let mut sql = Sql::new(format!("UPDATE {} SET version = ", R::TABLE));
     sql.bind(Value::Int(Some(current.version + 1)));
     sql.push(", updated_at = ").bind(Value::Time(Some(now)));
@@ -140,6 +147,29 @@ async fn overwrite<R: Table>(tx: &mut Tx, current: &Record<R>, data: R, now: Dat
     })
 }
 
+/// Inserts a new record inside `tx`, applying the resource's rules.
+pub(crate) async fn insert<R: Table>(tx: &mut Tx, mut data: R, now: DateTime<Utc>) -> Result<Record<R>> {
+    let id = Uuid::now_v7();
+    R::prepare(tx, None, &mut data, now).await?;
+    let columns = data.columns();
+    let mut sql = Sql::new(format!(
+        "INSERT INTO {} (id, version, created_at, updated_at, search_text, doc{}) VALUES (",
+        R::TABLE,
+        columns.iter().map(|(c, _)| format!(", {c}")).collect::<String>()
+    ));
+    sql.bind(Value::Uuid(Some(id))).push(", 1, ").bind(Value::Time(Some(now))).push(", ").bind(Value::Time(Some(now)));
+    sql.push(", ").bind(Value::Text(Some(data.search_text()))).push(", ").bind(json(&data)?);
+    for (_, value) in columns {
+        sql.push(", ").bind(value);
+    }
+    sql.push(")");
+    if let Err(err) = tx.execute(&sql).await {
+        return Err(if err.is_unique_violation() { data.unique_conflict() } else { err });
+    }
+    R::after_write(tx, id, &data).await?;
+    Ok(Record { id, version: 1, created_at: now, updated_at: now, deleted_at: None, data })
+}
+
 /// Sets or clears `deleted_at`.
 async fn set_deleted<R: Table>(
     tx: &mut Tx,
@@ -159,28 +189,12 @@ async fn set_deleted<R: Table>(
 impl Store {
     /// Creates a record.
     #[tracing::instrument(skip_all, fields(table = R::TABLE))]
-    pub async fn create<R: Resource>(&self, mut data: R) -> Result<Record<R>> {
-        let (id, now) = (Uuid::now_v7(), now());
+    pub async fn create<R: Resource>(&self, data: R) -> Result<Record<R>> {
         let mut tx = self.begin().await?;
-        R::prepare(&mut tx, None, &mut data, now).await?;
-        let columns = data.columns();
-        let mut sql = Sql::new(format!(
-            "INSERT INTO {} (id, version, created_at, updated_at, search_text, doc{}) VALUES (",
-            R::TABLE,
-            columns.iter().map(|(c, _)| format!(", {c}")).collect::<String>()
-        ));
-        sql.bind(Value::Uuid(Some(id))).push(", 1, ").bind(Value::Time(Some(now))).push(", ").bind(Value::Time(Some(now)));
-        sql.push(", ").bind(Value::Text(Some(data.search_text()))).push(", ").bind(json(&data)?);
-        for (_, value) in columns {
-            sql.push(", ").bind(value);
-        }
-        sql.push(")");
-        if let Err(err) = tx.execute(&sql).await {
-            return Err(if err.is_unique_violation() { data.unique_conflict() } else { err });
-        }
-        R::after_write(&mut tx, id, &data).await?;
+        let record = insert(&mut tx, data, now()).await?;
+        audit::record_change(&mut tx, &self.actor, "create", R::TABLE, record.id, None, Some(&record.data)).await?;
         tx.commit().await?;
-        Ok(Record { id, version: 1, created_at: now, updated_at: now, deleted_at: None, data })
+        Ok(record)
     }
 
     /// Reads a record; a soft-deleted one only when `include_deleted`.
@@ -222,6 +236,7 @@ impl Store {
         check_version(&current, expected_version)?;
         R::prepare(&mut tx, Some(&current), &mut data, now).await?;
         let record = overwrite(&mut tx, &current, data, now).await?;
+        audit::record_change(&mut tx, &self.actor, "update", R::TABLE, id, Some(&current.data), Some(&record.data)).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -235,6 +250,8 @@ impl Store {
         check_version(&current, expected_version)?;
         R::check_delete(&current)?;
         let record = set_deleted(&mut tx, current, Some(now), now).await?;
+        audit::record_deletion(&mut tx, &self.actor, "delete", R::TABLE, id, None, record.deleted_at).await?;
+        R::after_delete(&mut tx, id).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -249,7 +266,9 @@ impl Store {
         if current.deleted_at.is_none() {
             return Ok(current);
         }
+        let deleted_at = current.deleted_at;
         let record = set_deleted(&mut tx, current, None, now).await?;
+        audit::record_deletion(&mut tx, &self.actor, "restore", R::TABLE, id, deleted_at, None).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -423,6 +442,7 @@ impl Table for Order {
             ("status", Value::Text(Some(self.status.as_str().into()))),
             ("payment_status", Value::Text(Some(serde_plain(&self.payment_status)))),
             ("total", Value::Int(Some(self.total.minor()))),
+            ("assigned_to", Value::Uuid(self.assigned_to)),
         ]
     }
 
