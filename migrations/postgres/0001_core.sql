@@ -1,6 +1,8 @@
 -- Core records for the PostgreSQL backend. Every record table has the same shape: identity,
 -- version (ETag), timestamps, soft deletion, folded search text, the validated data as JSONB,
 -- and filter/sort columns. Search runs on pg_trgm GIN indexes, which answer LIKE '%term%'.
+-- Sort keys use COLLATE "C" (code point order), so listings sort the same whatever the
+-- database's locale, and the same as on SQLite.
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
@@ -12,7 +14,7 @@ CREATE TABLE customers (
     deleted_at  timestamptz,
     search_text text NOT NULL,
     doc         jsonb NOT NULL,
-    name_key    text NOT NULL,
+    name_key    text COLLATE "C" NOT NULL,
     status      text NOT NULL,
     assigned_to uuid
 );
@@ -41,8 +43,8 @@ CREATE TABLE products (
     deleted_at  timestamptz,
     search_text text NOT NULL,
     doc         jsonb NOT NULL,
-    name_key    text NOT NULL,
-    sku_key     text NOT NULL UNIQUE,
+    name_key    text COLLATE "C" NOT NULL,
+    sku_key     text COLLATE "C" NOT NULL UNIQUE,
     category    text NOT NULL,
     active      boolean NOT NULL,
     price       bigint NOT NULL
@@ -63,7 +65,9 @@ CREATE TABLE orders (
     search_text    text NOT NULL,
     doc            jsonb NOT NULL,
     customer_id    uuid NOT NULL REFERENCES customers (id),
-    order_number   text NOT NULL UNIQUE,
+    order_number   text COLLATE "C" NOT NULL UNIQUE,
+    -- year × 1,000,000 + sequence: sorts ORD-2026-1000 after ORD-2026-999.
+    number_key     bigint NOT NULL,
     status         text NOT NULL,
     payment_status text NOT NULL,
     total          bigint NOT NULL
@@ -71,6 +75,7 @@ CREATE TABLE orders (
 CREATE INDEX orders_created ON orders (created_at, id);
 CREATE INDEX orders_updated ON orders (updated_at, id);
 CREATE INDEX orders_total ON orders (total, id);
+CREATE INDEX orders_number ON orders (number_key, id);
 CREATE INDEX orders_customer ON orders (customer_id, created_at);
 CREATE INDEX orders_status ON orders (status);
 CREATE INDEX orders_search ON orders USING gin (search_text gin_trgm_ops);

@@ -8,7 +8,7 @@ CREATE TABLE users (
     deleted_at    timestamptz,
     search_text   text NOT NULL,
     doc           jsonb NOT NULL,
-    email_key     text NOT NULL UNIQUE,
+    email_key     text COLLATE "C" NOT NULL UNIQUE,
     role          text NOT NULL,
     active        boolean NOT NULL,
     -- Argon2id PHC string; NULL until a password is set.
@@ -43,7 +43,7 @@ CREATE TABLE api_keys (
     deleted_at   timestamptz,
     search_text  text NOT NULL,
     doc          jsonb NOT NULL,
-    name_key     text NOT NULL,
+    name_key     text COLLATE "C" NOT NULL,
     key_hash     text UNIQUE
 );
 CREATE INDEX api_keys_created ON api_keys (created_at, id);

@@ -1,10 +1,13 @@
 -- Core records for the embedded SQLite backend. Every record table has the same shape:
 -- identity, version (ETag), timestamps as fixed-width UTC text (so text order is time order),
 -- soft deletion, folded search text, the validated data as JSON, and filter/sort columns.
--- Search runs on an FTS5 trigram index kept in step by triggers.
+-- Search runs on an FTS5 trigram index kept in step by triggers, keyed on `seq`, an
+-- INTEGER PRIMARY KEY, so that VACUUM can never renumber the rows under the index.
+-- Text columns sort by code point (SQLite's BINARY collation), as on PostgreSQL (COLLATE "C").
 
 CREATE TABLE customers (
-    id          TEXT PRIMARY KEY NOT NULL,
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
     version     INTEGER NOT NULL,
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
@@ -32,7 +35,8 @@ CREATE TABLE customer_keys (
 CREATE INDEX customer_keys_customer ON customer_keys (customer_id);
 
 CREATE TABLE products (
-    id          TEXT PRIMARY KEY NOT NULL,
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
     version     INTEGER NOT NULL,
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
@@ -52,7 +56,8 @@ CREATE INDEX products_price ON products (price, id);
 CREATE INDEX products_category ON products (category);
 
 CREATE TABLE orders (
-    id             TEXT PRIMARY KEY NOT NULL,
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT NOT NULL UNIQUE,
     version        INTEGER NOT NULL,
     created_at     TEXT NOT NULL,
     updated_at     TEXT NOT NULL,
@@ -61,6 +66,8 @@ CREATE TABLE orders (
     doc            TEXT NOT NULL CHECK (json_valid(doc)),
     customer_id    TEXT NOT NULL REFERENCES customers (id),
     order_number   TEXT NOT NULL UNIQUE,
+    -- year × 1,000,000 + sequence: sorts ORD-2026-1000 after ORD-2026-999.
+    number_key     INTEGER NOT NULL,
     status         TEXT NOT NULL,
     payment_status TEXT NOT NULL,
     total          INTEGER NOT NULL
@@ -68,6 +75,7 @@ CREATE TABLE orders (
 CREATE INDEX orders_created ON orders (created_at, id);
 CREATE INDEX orders_updated ON orders (updated_at, id);
 CREATE INDEX orders_total ON orders (total, id);
+CREATE INDEX orders_number ON orders (number_key, id);
 CREATE INDEX orders_customer ON orders (customer_id, created_at);
 CREATE INDEX orders_status ON orders (status);
 
@@ -77,39 +85,39 @@ CREATE TABLE order_sequences (
     last_value INTEGER NOT NULL
 );
 
-CREATE VIRTUAL TABLE customers_fts USING fts5 (search_text, content = 'customers', content_rowid = 'rowid', tokenize = 'trigram');
-CREATE VIRTUAL TABLE products_fts USING fts5 (search_text, content = 'products', content_rowid = 'rowid', tokenize = 'trigram');
-CREATE VIRTUAL TABLE orders_fts USING fts5 (search_text, content = 'orders', content_rowid = 'rowid', tokenize = 'trigram');
+CREATE VIRTUAL TABLE customers_fts USING fts5 (search_text, content = 'customers', content_rowid = 'seq', tokenize = 'trigram');
+CREATE VIRTUAL TABLE products_fts USING fts5 (search_text, content = 'products', content_rowid = 'seq', tokenize = 'trigram');
+CREATE VIRTUAL TABLE orders_fts USING fts5 (search_text, content = 'orders', content_rowid = 'seq', tokenize = 'trigram');
 
 CREATE TRIGGER customers_fts_insert AFTER INSERT ON customers BEGIN
-    INSERT INTO customers_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO customers_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;
 CREATE TRIGGER customers_fts_delete AFTER DELETE ON customers BEGIN
-    INSERT INTO customers_fts (customers_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
+    INSERT INTO customers_fts (customers_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
 END;
 CREATE TRIGGER customers_fts_update AFTER UPDATE OF search_text ON customers BEGIN
-    INSERT INTO customers_fts (customers_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
-    INSERT INTO customers_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO customers_fts (customers_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
+    INSERT INTO customers_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;
 
 CREATE TRIGGER products_fts_insert AFTER INSERT ON products BEGIN
-    INSERT INTO products_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO products_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;
 CREATE TRIGGER products_fts_delete AFTER DELETE ON products BEGIN
-    INSERT INTO products_fts (products_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
+    INSERT INTO products_fts (products_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
 END;
 CREATE TRIGGER products_fts_update AFTER UPDATE OF search_text ON products BEGIN
-    INSERT INTO products_fts (products_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
-    INSERT INTO products_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO products_fts (products_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
+    INSERT INTO products_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;
 
 CREATE TRIGGER orders_fts_insert AFTER INSERT ON orders BEGIN
-    INSERT INTO orders_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO orders_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;
 CREATE TRIGGER orders_fts_delete AFTER DELETE ON orders BEGIN
-    INSERT INTO orders_fts (orders_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
+    INSERT INTO orders_fts (orders_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
 END;
 CREATE TRIGGER orders_fts_update AFTER UPDATE OF search_text ON orders BEGIN
-    INSERT INTO orders_fts (orders_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
-    INSERT INTO orders_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO orders_fts (orders_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
+    INSERT INTO orders_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;

@@ -1,7 +1,8 @@
 -- Users, sessions, service credentials and the audit trail (SQLite).
 
 CREATE TABLE users (
-    id            TEXT PRIMARY KEY NOT NULL,
+    seq           INTEGER PRIMARY KEY,
+    id            TEXT NOT NULL UNIQUE,
     version       INTEGER NOT NULL,
     created_at    TEXT NOT NULL,
     updated_at    TEXT NOT NULL,
@@ -35,7 +36,8 @@ CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);
 -- Service credentials (API keys) for connectors and scripts; the key is stored as a SHA-256
 -- hash and shown once. Revoked = soft-deleted.
 CREATE TABLE api_keys (
-    id           TEXT PRIMARY KEY NOT NULL,
+    seq          INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
     version      INTEGER NOT NULL,
     created_at   TEXT NOT NULL,
     updated_at   TEXT NOT NULL,
@@ -51,7 +53,8 @@ CREATE INDEX api_keys_name ON api_keys (name_key, id);
 
 -- The audit trail: written in the same transaction as the change it records, never changed.
 CREATE TABLE audit_log (
-    id          TEXT PRIMARY KEY NOT NULL,
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
     at          TEXT NOT NULL,
     actor_kind  TEXT NOT NULL,
     actor_id    TEXT,
@@ -81,25 +84,25 @@ ALTER TABLE orders ADD COLUMN assigned_to TEXT;
 CREATE INDEX orders_assigned ON orders (assigned_to);
 
 -- Searching users by name and e-mail.
-CREATE VIRTUAL TABLE users_fts USING fts5 (search_text, content = 'users', content_rowid = 'rowid', tokenize = 'trigram');
+CREATE VIRTUAL TABLE users_fts USING fts5 (search_text, content = 'users', content_rowid = 'seq', tokenize = 'trigram');
 CREATE TRIGGER users_fts_insert AFTER INSERT ON users BEGIN
-    INSERT INTO users_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO users_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;
 CREATE TRIGGER users_fts_delete AFTER DELETE ON users BEGIN
-    INSERT INTO users_fts (users_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
+    INSERT INTO users_fts (users_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
 END;
 CREATE TRIGGER users_fts_update AFTER UPDATE OF search_text ON users BEGIN
-    INSERT INTO users_fts (users_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
-    INSERT INTO users_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO users_fts (users_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
+    INSERT INTO users_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;
-CREATE VIRTUAL TABLE api_keys_fts USING fts5 (search_text, content = 'api_keys', content_rowid = 'rowid', tokenize = 'trigram');
+CREATE VIRTUAL TABLE api_keys_fts USING fts5 (search_text, content = 'api_keys', content_rowid = 'seq', tokenize = 'trigram');
 CREATE TRIGGER api_keys_fts_insert AFTER INSERT ON api_keys BEGIN
-    INSERT INTO api_keys_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO api_keys_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;
 CREATE TRIGGER api_keys_fts_delete AFTER DELETE ON api_keys BEGIN
-    INSERT INTO api_keys_fts (api_keys_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
+    INSERT INTO api_keys_fts (api_keys_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
 END;
 CREATE TRIGGER api_keys_fts_update AFTER UPDATE OF search_text ON api_keys BEGIN
-    INSERT INTO api_keys_fts (api_keys_fts, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
-    INSERT INTO api_keys_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+    INSERT INTO api_keys_fts (api_keys_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
+    INSERT INTO api_keys_fts (rowid, search_text) VALUES (new.seq, new.search_text);
 END;

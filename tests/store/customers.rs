@@ -2,17 +2,22 @@
 //! the list filters.
 
 use crate::common::{assert_not_found, create_customer, customer, customer_ids, set};
+use crm_domain::contact::{Region, phone_query_digits};
 use crm_domain::customer::{Customer, CustomerStatus};
+use crm_domain::search_terms;
 use crm_store::{CustomerFilter, ListQuery, StoreError};
 use crm_tests::TestDb;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Barrier;
 use uuid::Uuid;
 
 crm_tests::on_both_backends!(
     life_cycle,
     stale_versions_are_refused,
     concurrent_writers_one_wins,
+    repeated_and_shared_contacts,
     unknown_and_deleted_records,
     tag_filter,
     status_filter,
@@ -133,13 +138,18 @@ async fn stale_versions_are_refused(db: &TestDb) {
 async fn concurrent_writers_one_wins(db: &TestDb) {
     let store = &db.store;
     let created = create_customer(store, json!({"name": "Αρχική"})).await;
-    // Ten clients read version 1 and write at once: exactly one may win.
-    let tasks: Vec<_> = (0..10)
+    // Twenty clients read version 1 and write at once: exactly one may win.
+    let start = Arc::new(Barrier::new(20));
+    let tasks: Vec<_> = (0..20)
         .map(|i| {
-            let store = store.clone();
+            let (store, start) = (store.clone(), start.clone());
             let mut data = created.data.clone();
             data.name = format!("Εκδοχή {i}");
-            tokio::spawn(async move { store.update::<Customer>(created.id, Some(1), data).await })
+            data.tags = vec![format!("v{i}")];
+            tokio::spawn(async move {
+                start.wait().await;
+                store.update::<Customer>(created.id, Some(1), data).await
+            })
         })
         .collect();
     let mut winners = Vec::new();
@@ -153,6 +163,35 @@ async fn concurrent_writers_one_wins(db: &TestDb) {
     assert_eq!(winners.len(), 1, "{winners:?}");
     assert_eq!(winners[0].version, 2);
     assert_eq!(store.get::<Customer>(created.id, false).await.unwrap(), winners[0]);
+    // Only the winner's tags are indexed.
+    let tagged = |tag: String| ListQuery { filter: CustomerFilter { tag: Some(tag), ..Default::default() }, ..Default::default() };
+    for i in 0..20 {
+        let expected = if winners[0].data.tags == [format!("v{i}")] { vec![created.id] } else { vec![] };
+        assert_eq!(customer_ids(store, tagged(format!("v{i}"))).await, expected, "tag v{i}");
+    }
+}
+
+async fn repeated_and_shared_contacts(db: &TestDb) {
+    let store = &db.store;
+    // The same number as phone and WhatsApp, the same address in two spellings: one key each.
+    let first = create_customer(
+        store,
+        json!({"name": "Πρώτος", "contacts": [
+            {"type": "phone", "value": "694 123 4567"},
+            {"type": "whatsapp", "value": "+30 694 123 4567"},
+            {"type": "email", "value": "Pater@Example.gr"},
+            {"type": "email", "value": "pater@example.gr"}
+        ]}),
+    )
+    .await;
+    // Another customer may share them.
+    let second = create_customer(store, json!({"name": "Δεύτερος", "contacts": [{"type": "phone", "value": "0030 6941234567"}, {"type": "email", "value": "PATER@example.gr"}]})).await;
+    let mut edited = first.data.clone();
+    edited.contacts.reverse();
+    let edited = store.update::<Customer>(first.id, Some(1), edited).await.unwrap();
+    assert_eq!(edited.data.contacts.len(), 4);
+    let terms = search_terms("+30 694 123 4567", |q| phone_query_digits(q, Region::GR));
+    assert_eq!(set(customer_ids(store, ListQuery { terms, ..Default::default() }).await), set([first.id, second.id]));
 }
 
 async fn unknown_and_deleted_records(db: &TestDb) {

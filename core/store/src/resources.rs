@@ -432,13 +432,14 @@ impl Table for Order {
     const SORTS: &'static [SortKey] = &[
         sort("created_at", "created_at", SortKind::Time),
         sort("updated_at", "updated_at", SortKind::Time),
-        sort("order_number", "order_number", SortKind::Text),
+        sort("order_number", "number_key", SortKind::Int),
         sort("total", "total", SortKind::Int),
     ];
     fn columns(&self) -> Vec<(&'static str, Value)> {
         vec![
             ("customer_id", Value::Uuid(Some(self.customer_id))),
             ("order_number", Value::Text(Some(self.order_number.clone()))),
+            ("number_key", Value::Int(Some(order_number_key(&self.order_number)))),
             ("status", Value::Text(Some(self.status.as_str().into()))),
             ("payment_status", Value::Text(Some(serde_plain(&self.payment_status)))),
             ("total", Value::Int(Some(self.total.minor()))),
@@ -502,6 +503,14 @@ async fn ensure_customer(tx: &mut Tx, id: Uuid) -> Result<()> {
     }
 }
 
+/// The integer that sorts order numbers in order: `ORD-2026-007` is 2026000007.
+fn order_number_key(number: &str) -> i64 {
+    let mut parts = number.rsplitn(2, '-');
+    let sequence: i64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let year: i64 = parts.next().and_then(|rest| rest.rsplit('-').next()).and_then(|y| y.parse().ok()).unwrap_or(0);
+    year * 1_000_000 + sequence
+}
+
 /// The year's next order number. The counter row stays locked until the transaction ends, so
 /// concurrent orders get consecutive numbers, and a rolled-back order gives its number back
 /// rather than leaving a gap.
@@ -545,4 +554,17 @@ async fn move_stock(tx: &mut Tx, order: &Order, effect: StockEffect, now: DateTi
         overwrite(tx, &current, data, now).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_number_key;
+
+    #[test]
+    fn order_numbers_sort_numerically_across_widths_and_years() {
+        let numbers = ["ORD-2025-1200", "ORD-2026-001", "ORD-2026-999", "ORD-2026-1000", "ORD-2027-002"];
+        let keys: Vec<i64> = numbers.iter().map(|n| order_number_key(n)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        assert_eq!(order_number_key("ORD-2026-007"), 2_026_000_007);
+    }
 }
