@@ -168,7 +168,7 @@ struct Person {
 /// Lower-case Latin letters for an e-mail address: Greek and Cyrillic transliterated.
 fn latin(text: &str) -> String {
     let mut out = String::new();
-    for c in fold_for_search(text).chars() {
+    for c in fold_for_search(text).replace("ου", "ou").chars() {
         let s = match c {
             'a'..='z' | '0'..='9' => {
                 out.push(c);

@@ -17,7 +17,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing::get, routing::post};
@@ -37,6 +37,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// How many accounts and addresses the sign-in throttle tracks before it forgets idle ones.
+const MAX_TRACKED_KEYS: usize = 10_000;
 
 /// The prefix of every API key, so that a key is recognisable (and findable by secret scanners).
 pub const API_KEY_PREFIX: &str = "crm_";
@@ -81,6 +84,8 @@ pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     failures: Mutex<HashMap<String, Vec<Instant>>>,
+    /// A hash of a random password, checked against when the account does not exist.
+    decoy_hash: tokio::sync::OnceCell<String>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -98,6 +103,7 @@ impl Auth {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             failures: Mutex::new(HashMap::new()),
+            decoy_hash: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -123,7 +129,7 @@ impl Auth {
     /// unknown accounts cannot be told from wrong passwords by timing).
     async fn verify_password(&self, password: String, hash: Option<String>) -> ApiResult<bool> {
         let argon2 = self.argon2()?;
-        let decoy = self.hash_password("decoy password for timing".into()).await?;
+        let decoy = self.decoy_hash.get_or_try_init(|| self.hash_password(random_token(16))).await?.clone();
         tokio::task::spawn_blocking(move || {
             let (stored, real) = match hash {
                 Some(h) => (h, true),
@@ -149,28 +155,49 @@ impl Auth {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).ok().map(|d| d.claims)
     }
 
-    /// How long until `keys` may try again, if any of them has failed too often.
-    fn throttled(&self, keys: &[(String, usize)]) -> Option<Duration> {
+    /// Starts a sign-in attempt: if any of `keys` has failed too often, how long until it may
+    /// try again; otherwise the attempt is counted as a failure of every key right away (and
+    /// taken back by [`Auth::attempt_succeeded`]). Counting before the password is checked, in
+    /// the same lock as the check, keeps a burst of concurrent guesses from all passing the
+    /// check before any of them has failed.
+    fn begin_attempt(&self, keys: &[(String, usize)]) -> Result<Instant, Duration> {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let window = self.config.failed_login_window;
-        keys.iter()
+        if failures.len() > MAX_TRACKED_KEYS {
+            // Keys nobody has tried within the window carry no information: drop them, so
+            // that guesses at many e-mails cannot grow the map without bound.
+            failures.retain(|_, times| times.last().is_some_and(|t| t.elapsed() < window));
+        }
+        let wait = keys
+            .iter()
             .filter_map(|(key, max)| {
                 let times = failures.entry(key.clone()).or_default();
                 times.retain(|t| t.elapsed() < window);
                 (times.len() >= *max).then(|| window.saturating_sub(times[0].elapsed()))
             })
-            .max()
-    }
-
-    fn record_failure(&self, keys: &[(String, usize)]) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, _) in keys {
-            failures.entry(key.clone()).or_default().push(Instant::now());
+            .max();
+        if let Some(wait) = wait {
+            return Err(wait);
         }
+        let started = Instant::now();
+        for (key, _) in keys {
+            failures.entry(key.clone()).or_default().push(started);
+        }
+        Ok(started)
     }
 
-    fn clear_failures(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    /// Takes back the failure [`Auth::begin_attempt`] counted for an attempt that succeeded,
+    /// and forgets the earlier failures of `account`.
+    fn attempt_succeeded(&self, account: &str, keys: &[(String, usize)], started: Instant) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(account);
+        for (key, _) in keys {
+            if let Some(times) = failures.get_mut(key)
+                && let Some(i) = times.iter().position(|t| *t == started)
+            {
+                times.remove(i);
+            }
+        }
     }
 }
 
@@ -350,6 +377,11 @@ async fn authenticate(state: &AppState, headers: &axum::http::HeaderMap) -> ApiR
     if !user.data.active {
         return Err(ApiError::Unauthorized("the account is disabled".into()));
     }
+    // Signing out, a password reset or disabling the user revokes the session family: its
+    // access tokens die with it, not when they expire.
+    if !state.store.session_active(claims.fam).await? {
+        return Err(ApiError::Unauthorized("the session has ended; sign in again".into()));
+    }
     Ok(Principal::User { id: user.id, role: user.data.role })
 }
 
@@ -434,17 +466,21 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
     }
 }
 
-async fn login(State(state): State<AppState>, ClientAddress(address): ClientAddress, JsonBody(body): JsonBody) -> ApiResult<Response> {
+async fn login(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
     let request: LoginRequest = typed(body)?;
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let email = request.email.trim().to_lowercase();
     let config = &state.auth.config;
     let keys = [
         (format!("account:{email}"), config.max_failed_logins_per_account),
         (format!("address:{address}"), config.max_failed_logins_per_address),
     ];
-    if let Some(wait) = state.auth.throttled(&keys) {
-        return Err(ApiError::TooManyRequests { retry_after: wait.as_secs().max(1) });
-    }
+    let started = state.auth.begin_attempt(&keys).map_err(|wait| ApiError::TooManyRequests { retry_after: wait.as_secs().max(1) })?;
     let found = state.store.user_credentials(&email).await?;
     let (user, hash) = match found {
         Some((user, hash)) => (Some(user), hash),
@@ -454,13 +490,13 @@ async fn login(State(state): State<AppState>, ClientAddress(address): ClientAddr
     let user = match user {
         Some(user) if password_ok && user.data.active => user,
         other => {
-            state.auth.record_failure(&keys);
-            state.store.record_sign_in("login_failed", other.map(|u| u.id)).await?;
+            let store = state.store.acting_as(Actor { kind: ActorKind::System, id: None, request_id: request_id.clone() });
+            store.record_sign_in("login_failed", other.map(|u| u.id)).await?;
             return Err(ApiError::Unauthorized("wrong e-mail or password, or the account is disabled".into()));
         }
     };
-    state.auth.clear_failures(&keys[0].0);
-    let store = state.store.acting_as(Actor { kind: ActorKind::User, id: Some(user.id), request_id: None });
+    state.auth.attempt_succeeded(&keys[0].0, &keys, started);
+    let store = state.store.acting_as(Actor { kind: ActorKind::User, id: Some(user.id), request_id });
     store.record_sign_in("login", Some(user.id)).await?;
     let family = Uuid::now_v7();
     let refresh_token = random_token(32);

@@ -228,6 +228,8 @@ impl Default for SettingsDefaults {
 }
 
 #[cfg(test)]
+// `figment::Jail` closures must return `figment::Error`, which is large; that is its API.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

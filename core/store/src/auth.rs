@@ -215,6 +215,13 @@ impl Store {
         Ok(RefreshOutcome::Rotated { user_id, family_id })
     }
 
+    /// Whether a session family still has an unrevoked token (so its access tokens are good).
+    pub async fn session_active(&self, family_id: Uuid) -> Result<bool> {
+        let mut sql = Sql::new("SELECT 1 AS n FROM refresh_tokens WHERE revoked_at IS NULL AND family_id = ");
+        sql.bind(Value::Uuid(Some(family_id))).push(" LIMIT 1");
+        Ok(!self.fetch_all(&sql).await?.is_empty())
+    }
+
     /// Ends the session a refresh token belongs to. Returns its user, if the token was known.
     pub async fn revoke_refresh_family(&self, token_hash: &str) -> Result<Option<Uuid>> {
         let mut tx = self.begin().await?;
