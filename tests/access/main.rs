@@ -6,6 +6,7 @@
 mod agents;
 mod api_keys;
 mod cors;
+mod escalation;
 mod me;
 mod routes;
 

@@ -13,9 +13,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use crm_domain::Violations;
-use crm_domain::access::{Area, Role};
+use crm_domain::access::{self, Action, Area, Role, Scope};
 use crm_domain::user::{self, ApiKey, ApiKeyInput, User, UserInput};
-use crm_store::{ApiKeyFilter, AuditEntry, AuditQuery, Page, UserFilter};
+use crm_store::{ApiKeyFilter, AuditEntry, AuditQuery, ListQuery, Page, UserFilter};
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -29,6 +29,12 @@ pub(crate) struct UserParams {
     role: Option<Role>,
     /// Active or disabled.
     active: Option<bool>,
+}
+
+/// Whether the principal may hand `action` on `area` to someone else: only what it holds for all
+/// records.
+fn can_grant(ctx: &Ctx, area: Area, action: Action) -> bool {
+    ctx.principal.scope(area, action) == Some(Scope::All)
 }
 
 /// Takes a write-only `password` out of a user document.
@@ -60,10 +66,38 @@ impl ApiResource for User {
         UserFilter { role: p.role, active: p.active }
     }
 
+    /// Nobody grants a role with permissions they do not hold themselves, and the last active
+    /// admin cannot be demoted, disabled or deleted.
+    async fn check_write(ctx: &Ctx, current: Option<&Self>, next: Option<&Self>) -> ApiResult<()> {
+        if let Some(next) = next.filter(|n| current.is_none_or(|c| c.role != n.role)) {
+            for permission in access::permissions(next.role) {
+                if !can_grant(ctx, permission.area, permission.action) {
+                    return Err(ApiError::Forbidden(format!(
+                        "you may not grant the {} role: it can {permission}, which you cannot",
+                        next.role.as_str()
+                    )));
+                }
+            }
+        }
+        let is_admin = |u: &User| u.active && u.role == Role::Admin;
+        if current.is_some_and(is_admin) && !next.is_some_and(is_admin) {
+            let query =
+                ListQuery { filter: UserFilter { role: Some(Role::Admin), active: Some(true) }, limit: Some(2), ..ListQuery::default() };
+            if ctx.store.list::<User>(&query).await?.items.len() < 2 {
+                return Err(ApiError::Conflict {
+                    pointer: Some("/role".into()),
+                    detail: "this is the last active admin: make another admin first".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A new user may come with a password (`password`, write-only), hashed with Argon2id.
     async fn create(ctx: &Ctx, state: &AppState, mut body: Value) -> ApiResult<Response> {
         let password = take_password(&mut body)?;
         let user = parse_body::<User>(state, body, None).await?;
+        Self::check_write(ctx, None, Some(&user)).await?;
         let hash = match password {
             Some(p) => Some(state.auth.hash_password(p).await?),
             None => None,
@@ -98,6 +132,12 @@ impl ApiResource for ApiKey {
     /// Makes a new key and returns it once, in `key`; only its hash is kept.
     async fn create(ctx: &Ctx, state: &AppState, body: Value) -> ApiResult<Response> {
         let mut data = parse_body::<ApiKey>(state, body, None).await?;
+        for (i, scope) in data.scopes.iter().enumerate() {
+            let (area, action) = access::parse_grant(scope).map_err(|e| ApiError::Invalid(Violations::one(format!("/scopes/{i}"), e)))?;
+            if !can_grant(ctx, area, action) {
+                return Err(ApiError::Forbidden(format!("you may not grant {scope}: you do not hold it for all records")));
+            }
+        }
         let key = format!("{API_KEY_PREFIX}{}", random_token(32));
         data.prefix = key.chars().take(API_KEY_PREFIX.len() + 6).collect();
         data.created_by = ctx.principal.user_id();
