@@ -11,90 +11,16 @@ mod me;
 mod routes;
 
 use crm_domain::access::Role;
+pub(crate) use crm_tests::http::{
+    PROBLEM_JSON, expect_forbidden, expect_json, expect_problem, expect_unauthorized, header_value, id, item_ids, pointers,
+};
 use crm_tests::{TestApp, client_with_token};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, WWW_AUTHENTICATE};
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-/// The media type of every error.
-pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
-
 /// The password every test user gets.
 pub(crate) const PASSWORD: &str = "correct horse battery staple";
-
-/// The response's body as JSON, with the status and text in the panic message otherwise.
-pub(crate) async fn json_body(response: Response) -> Value {
-    let status = response.status();
-    let text = response.text().await.expect("read body");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text}"))
-}
-
-/// A header's value as text, if present.
-pub(crate) fn header_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).map(|v| v.to_str().expect("header is text"))
-}
-
-/// Expects `status` and a JSON body, which it returns.
-pub(crate) async fn expect_json(response: Response, status: StatusCode) -> Value {
-    let got = response.status();
-    let url = response.url().path().to_owned();
-    let content_type = header_value(response.headers(), CONTENT_TYPE.as_str()).unwrap_or("").to_owned();
-    let body = json_body(response).await;
-    assert_eq!(got, status, "unexpected status from {url}; body: {body:#}");
-    assert!(content_type.starts_with("application/json"), "content type {content_type:?} for {body:#}");
-    body
-}
-
-/// Expects an RFC 9457 problem document with `status`, checks its required members, and
-/// returns it.
-pub(crate) async fn expect_problem(response: Response, status: StatusCode) -> Value {
-    let got = response.status();
-    let url = response.url().path().to_owned();
-    let content_type = header_value(response.headers(), CONTENT_TYPE.as_str()).unwrap_or("").to_owned();
-    let text = response.text().await.expect("read body");
-    assert_eq!(got, status, "unexpected status from {url}; body: {text}");
-    assert_eq!(content_type, PROBLEM_JSON, "problem content type; body: {text}");
-    let problem: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("problem is not JSON ({e}): {text}"));
-    assert_eq!(problem["status"], json!(status.as_u16()), "{problem:#}");
-    for member in ["type", "title", "detail"] {
-        let value = problem[member].as_str().unwrap_or_else(|| panic!("problem without `{member}`: {problem:#}"));
-        assert!(!value.is_empty(), "empty `{member}`: {problem:#}");
-    }
-    problem
-}
-
-/// Expects 403 as a problem document.
-pub(crate) async fn expect_forbidden(response: Response) -> Value {
-    expect_problem(response, StatusCode::FORBIDDEN).await
-}
-
-/// Expects 401 as a problem document with `WWW-Authenticate: Bearer`.
-pub(crate) async fn expect_unauthorized(response: Response) -> Value {
-    let challenge = header_value(response.headers(), WWW_AUTHENTICATE.as_str()).map(str::to_owned);
-    let problem = expect_problem(response, StatusCode::UNAUTHORIZED).await;
-    assert_eq!(challenge.as_deref(), Some("Bearer"), "401 without the Bearer challenge: {problem:#}");
-    problem
-}
-
-/// The JSON Pointers of a problem's field errors, in order.
-pub(crate) fn pointers(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .unwrap_or_else(|| panic!("problem without `errors`: {problem:#}"))
-        .iter()
-        .map(|e| e["pointer"].as_str().expect("pointer is a string").to_owned())
-        .collect()
-}
-
-/// A record's id as a string.
-pub(crate) fn id(record: &Value) -> &str {
-    record["id"].as_str().unwrap_or_else(|| panic!("record without id: {record:#}"))
-}
-
-/// The ids of a page's items, in order.
-pub(crate) fn item_ids(page: &Value) -> Vec<String> {
-    page["items"].as_array().unwrap_or_else(|| panic!("not a page: {page:#}")).iter().map(|r| id(r).to_owned()).collect()
-}
 
 /// Sends `method` to `path` with `client`; a body, when given, goes as JSON (as a merge patch
 /// for PATCH).

@@ -512,9 +512,20 @@ fn urlencode(value: &str) -> String {
     out
 }
 
+/// The 1-minute load average (Linux), to tell whether something else competed for the CPU.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+fn show(value: Option<f64>) -> String {
+    value.map_or_else(|| "?".to_owned(), |v| format!("{v:.2}"))
+}
+
 struct Report {
     backend: &'static str,
     load: Duration,
+    /// Load averages when the measurements started and ended.
+    cpu_load: (Option<f64>, Option<f64>),
     customers: usize,
     rows: Vec<Measured>,
     by_kind: Vec<(Kind, Measured)>,
@@ -545,6 +556,7 @@ async fn run(backend: Backend, label: &'static str, people: Arc<Vec<Person>>, ge
         timed_get(&app, &search_url(&app, &query(kind, &people, &mut rng))).await;
     }
 
+    let load_before = load_average();
     let mut get = Measured::new("get by id");
     let wall = Instant::now();
     for _ in 0..SAMPLES {
@@ -566,7 +578,14 @@ async fn run(backend: Backend, label: &'static str, people: Arc<Vec<Person>>, ge
         }
     }
     search.elapsed = wall.elapsed();
-    Some(Report { backend: label, load, customers: people.len(), rows: vec![get, search], by_kind })
+    Some(Report {
+        backend: label,
+        load,
+        cpu_load: (load_before, load_average()),
+        customers: people.len(),
+        rows: vec![get, search],
+        by_kind,
+    })
 }
 
 fn print_table(reports: &[Report]) {
@@ -617,11 +636,13 @@ fn print_table(reports: &[Report]) {
     println!();
     for report in reports {
         println!(
-            "{:<11} load: {} customers in {:.1} s ({:.0}/s)",
+            "{:<11} loaded {} customers in {:.1} s ({:.0}/s); load average {} when the measurements started, {} when they ended",
             report.backend,
             report.customers,
             report.load.as_secs_f64(),
-            report.customers as f64 / report.load.as_secs_f64()
+            report.customers as f64 / report.load.as_secs_f64(),
+            show(report.cpu_load.0),
+            show(report.cpu_load.1)
         );
     }
     println!();

@@ -1,10 +1,12 @@
 //! Test support shared by the end-to-end suites and benchmarks: a fresh database per test on
-//! either backend, and a running server bound to a free port.
+//! either backend, a running server bound to a free port, and the HTTP assertions of [`http`].
 //!
 //! PostgreSQL tests use `CRM_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) to create a uniquely named database per test,
 //! dropped afterwards. When no server answers they are skipped with a notice on the terminal,
 //! unless `CRM_REQUIRE_POSTGRES=1` (set by `.ci/run`), which turns the skip into a failure.
+
+pub mod http;
 
 use crm_store::{Store, StoreConfig};
 use std::io::Write as _;
@@ -50,6 +52,29 @@ fn notice(text: &str) {
 
 static SKIP_NOTED: AtomicBool = AtomicBool::new(false);
 
+/// Whether the PostgreSQL server answers, asked once per test binary with a short timeout (a
+/// pool would keep retrying a refused connection for its whole acquire timeout, every test).
+async fn postgres_reachable(admin_url: &str) -> Result<(), String> {
+    static PROBE: tokio::sync::OnceCell<Result<(), String>> = tokio::sync::OnceCell::const_new();
+    PROBE
+        .get_or_init(|| async {
+            let config = StoreConfig { acquire_timeout: std::time::Duration::from_secs(3), ..StoreConfig::from_url(admin_url) };
+            match Store::connect(&config).await {
+                Ok(store) => {
+                    let answered = store.ping().await.map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)));
+                    store.close().await;
+                    answered
+                }
+                Err(err) => Err(match std::error::Error::source(&err) {
+                    Some(cause) => format!("{err}: {cause}"),
+                    None => err.to_string(),
+                }),
+            }
+        })
+        .await
+        .clone()
+}
+
 impl TestDb {
     /// A fresh database on `backend`, or `None` when PostgreSQL is not reachable and not
     /// required (the skip is announced once per test binary).
@@ -65,21 +90,19 @@ impl TestDb {
             }
             Backend::Postgres => {
                 let admin_url = postgres_admin_url();
-                let admin = match Store::connect(&StoreConfig::from_url(&admin_url)).await {
-                    Ok(admin) => admin,
-                    Err(err) if !postgres_required() => {
-                        if !SKIP_NOTED.swap(true, Ordering::SeqCst) {
-                            notice(&format!(
-                                "NOTICE: PostgreSQL backend tests SKIPPED: no server at {} ({err}). Set CRM_REQUIRE_POSTGRES=1 to make this a failure.",
-                                crm_store::redact_url(&admin_url)
-                            ));
-                        }
-                        return None;
+                if let Err(err) = postgres_reachable(&admin_url).await {
+                    if postgres_required() {
+                        panic!("CRM_REQUIRE_POSTGRES=1 but PostgreSQL at {} is unreachable: {err}", crm_store::redact_url(&admin_url));
                     }
-                    Err(err) => {
-                        panic!("CRM_REQUIRE_POSTGRES=1 but PostgreSQL at {} is unreachable: {err}", crm_store::redact_url(&admin_url))
+                    if !SKIP_NOTED.swap(true, Ordering::SeqCst) {
+                        notice(&format!(
+                            "NOTICE: PostgreSQL backend tests SKIPPED: no server at {} ({err}). Set CRM_REQUIRE_POSTGRES=1 to make this a failure.",
+                            crm_store::redact_url(&admin_url)
+                        ));
                     }
-                };
+                    return None;
+                }
+                let admin = Store::connect(&StoreConfig::from_url(&admin_url)).await.expect("connect to PostgreSQL");
                 let name = format!("crm_test_{}", uuid::Uuid::now_v7().simple());
                 admin.execute_raw(&format!("CREATE DATABASE {name}")).await.expect("create test database");
                 admin.close().await;
