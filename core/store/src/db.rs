@@ -287,11 +287,13 @@ fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>> {
 pub(crate) struct Sql {
     text: String,
     args: Vec<Value>,
+    /// Planned for its values at every execution rather than through a cached statement.
+    plan_each_time: bool,
 }
 
 impl Sql {
     pub(crate) fn new(text: impl Into<String>) -> Self {
-        Sql { text: text.into(), args: Vec::new() }
+        Sql { text: text.into(), args: Vec::new(), plan_each_time: false }
     }
 
     pub(crate) fn push(&mut self, text: &str) -> &mut Self {
@@ -407,15 +409,31 @@ impl Dialect for Backend {
     }
 
     fn push_search(&self, sql: &mut Sql, table: &str, term: &str) {
-        let pattern = Value::Text(Some(format!("%{}%", escape_like(term))));
         match self {
-            // FTS5 with the trigram tokenizer answers LIKE from its index.
-            Backend::Sqlite => sql
-                .push(&format!(" AND {table}.rowid IN (SELECT rowid FROM {table}_fts WHERE search_text LIKE "))
-                .bind(pattern)
-                .push(" ESCAPE '\\')"),
-            // pg_trgm's GIN index answers LIKE.
-            Backend::Postgres => sql.push(&format!(" AND {table}.search_text LIKE ")).bind(pattern).push(" ESCAPE '\\'"),
+            // FTS5 with the trigram tokenizer. A quoted phrase of three characters or more
+            // matches as a substring from the index alone. A LIKE would not: with an ESCAPE
+            // clause SQLite does not hand it to FTS5 at all (every search read the whole table),
+            // and even without one FTS5 re-reads every candidate row to check the pattern.
+            // Shorter terms have no trigram and take LIKE, which scans.
+            Backend::Sqlite => {
+                sql.push(&format!(" AND {table}.rowid IN (SELECT rowid FROM {table}_fts WHERE "));
+                if term.chars().count() >= 3 {
+                    sql.push(&format!("{table}_fts MATCH "))
+                        .bind(Value::Text(Some(format!("\"{}\"", term.replace('"', "\"\"")))))
+                        .push(")");
+                } else {
+                    sql.push("search_text LIKE ").bind(Value::Text(Some(format!("%{}%", escape_like(term))))).push(" ESCAPE '\\')");
+                }
+            }
+            // pg_trgm's GIN index answers LIKE. A cached generic plan cannot see the pattern and
+            // may walk the sort index instead, filtering every row, which is slow for a rare
+            // term: searches are planned for their terms each time.
+            Backend::Postgres => {
+                sql.push(&format!(" AND {table}.search_text LIKE "))
+                    .bind(Value::Text(Some(format!("%{}%", escape_like(term)))))
+                    .push(" ESCAPE '\\'");
+                sql.plan_each_time = true;
+            }
         };
     }
 
@@ -475,7 +493,7 @@ mod postgres {
     }
 
     fn query(sql: &Sql) -> Query<'_, Postgres, PgArguments> {
-        sql.args.iter().fold(sqlx::query(sql.text.as_str()), bind)
+        sql.args.iter().fold(sqlx::query(sql.text.as_str()), bind).persistent(!sql.plan_each_time)
     }
 
     pub(super) async fn execute<'e, E: Executor<'e, Database = Postgres>>(executor: E, sql: &Sql) -> Result<u64> {
@@ -512,5 +530,25 @@ mod tests {
         let mut sql = Sql::new("SELECT 1 WHERE a = ");
         sql.bind(Value::Int(Some(1))).push(" AND b = ").bind(Value::Bool(true));
         assert_eq!(sql.text(), "SELECT 1 WHERE a = $1 AND b = $2");
+    }
+
+    /// The search clauses stay answerable from the trigram indexes (see `push_search`).
+    #[test]
+    fn searches_use_the_trigram_indexes() {
+        let mut sql = Sql::new("");
+        Backend::Sqlite.push_search(&mut sql, "t", "a\"b%");
+        Backend::Sqlite.push_search(&mut sql, "t", "%");
+        assert_eq!(
+            sql.text(),
+            " AND t.rowid IN (SELECT rowid FROM t_fts WHERE t_fts MATCH $1) AND t.rowid IN (SELECT rowid FROM t_fts WHERE search_text LIKE $2 ESCAPE '\\')"
+        );
+        assert!(matches!(&sql.args[..], [Value::Text(Some(a)), Value::Text(Some(b))] if a == "\"a\"\"b%\"" && b == "%\\%%"));
+        assert!(!sql.plan_each_time);
+
+        let mut sql = Sql::new("");
+        Backend::Postgres.push_search(&mut sql, "t", "a_b");
+        assert_eq!(sql.text(), " AND t.search_text LIKE $1 ESCAPE '\\'");
+        assert!(matches!(&sql.args[..], [Value::Text(Some(a))] if a == "%a\\_b%"));
+        assert!(sql.plan_each_time, "a cached generic plan cannot use the trigram index");
     }
 }
