@@ -126,4 +126,16 @@ async fn request_ids(app: &TestApp) {
         .unwrap();
     assert_eq!(header_value(response.headers(), "x-request-id"), Some("abc-123"));
     expect_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+
+    // An id that is too long or has odd characters is not trusted (it would be logged and kept
+    // in the audit trail): a fresh one replaces it.
+    let too_long = "a".repeat(129);
+    for unusable in [too_long.as_str(), "has spaces", "quote\"s", "semi;colon", "ünïcode"] {
+        let response = app.client.get(app.url("/health")).header("x-request-id", unusable).send().await.unwrap();
+        let request_id = header_value(response.headers(), "x-request-id").expect("x-request-id header");
+        assert!(uuid::Uuid::parse_str(request_id).is_ok(), "{unusable:?} came back as {request_id:?}");
+    }
+    let longest = "b".repeat(128);
+    let response = app.client.get(app.url("/health")).header("x-request-id", longest.as_str()).send().await.unwrap();
+    assert_eq!(header_value(response.headers(), "x-request-id"), Some(longest.as_str()));
 }

@@ -77,4 +77,20 @@ pub(crate) fn instrument(app: Router) -> Router {
         .layer(middleware::from_fn(record))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unusable_request_id))
+}
+
+/// Longest request id accepted from a client.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A client's `x-request-id` is logged and stored in the audit trail, so only a short id of
+/// plain characters is kept; anything else is dropped and replaced by a fresh UUID.
+async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
+    let usable = |id: &[u8]| {
+        !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b))
+    };
+    if request.headers().get(&REQUEST_ID).is_some_and(|v| !usable(v.as_bytes())) {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(request).await
 }

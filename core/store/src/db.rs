@@ -132,6 +132,9 @@ impl Store {
             }
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(&config.url)?.log_statements(tracing::log::LevelFilter::Trace);
+                // One direct connection first: a pool would retry a refused connection until its
+                // timeout and then report only "pool timed out", hiding the cause.
+                sqlx::Connection::close(options.connect().await?).await?;
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections.max(1))
                     .acquire_timeout(config.acquire_timeout)
@@ -508,6 +511,16 @@ mod postgres {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_reported_with_its_cause() {
+        let config = StoreConfig { acquire_timeout: Duration::from_secs(30), ..StoreConfig::from_url("postgres://crm:pw@127.0.0.1:1/crm") };
+        let started = std::time::Instant::now();
+        let err = Store::connect(&config).await.expect_err("nothing listens on port 1");
+        let chain = format!("{err}: {:?}", std::error::Error::source(&err));
+        assert!(chain.to_lowercase().contains("refused"), "{chain}");
+        assert!(started.elapsed() < Duration::from_secs(10), "reported only after {:?}", started.elapsed());
+    }
 
     #[test]
     fn passwords_never_show_in_debug() {
