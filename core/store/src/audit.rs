@@ -153,17 +153,17 @@ pub(crate) async fn record_deletion(
 }
 
 fn decode(row: &Row) -> Result<AuditEntry> {
-    let changes = row.json_text("changes")?;
+    let changes = row.get::<String>("changes")?;
     Ok(AuditEntry {
         id: row.uuid("id")?,
         at: row.time("at")?.ok_or_else(|| StoreError::Corrupt("audit at is null".into()))?,
-        actor_kind: ActorKind::parse(&row.text("actor_kind")?),
+        actor_kind: ActorKind::parse(&row.get::<String>("actor_kind")?),
         actor_id: row.optional_uuid("actor_id")?,
-        action: row.text("action")?,
-        resource: row.text("resource")?,
+        action: row.get::<String>("action")?,
+        resource: row.get::<String>("resource")?,
         resource_id: row.optional_uuid("resource_id")?,
         changes: serde_json::from_str(&changes).map_err(|e| StoreError::Corrupt(format!("audit changes: {e}")))?,
-        request_id: row.optional_text("request_id")?,
+        request_id: row.get::<Option<String>>("request_id")?,
     })
 }
 

@@ -5,7 +5,7 @@
 use crate::audit::{self, Actor};
 use crate::db::{Dialect, Sql, Tx, Value};
 use crate::query::{Condition, ListFilter, SortKey, SortKind};
-use crate::resources::{Resource, Table, check_version, decode, insert, load_locked, now, overwrite, sort};
+use crate::resources::{Resource, Table, decode, insert, load_locked, now, overwrite, sort};
 use crate::{Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use crm_domain::access::Role;
@@ -155,14 +155,14 @@ impl Store {
         let rows = self.fetch_all(&sql).await?;
         match rows.first() {
             None => Ok(None),
-            Some(row) => Ok(Some((decode(row)?, row.optional_text("password_hash")?))),
+            Some(row) => Ok(Some((decode(row)?, row.get::<Option<String>>("password_hash")?))),
         }
     }
 
     /// How many users exist (deleted ones included).
     pub async fn count_users(&self) -> Result<i64> {
         let rows = self.fetch_all(&Sql::new("SELECT COUNT(*) AS n FROM users")).await?;
-        rows.first().map_or(Ok(0), |r| r.int("n"))
+        rows.first().map_or(Ok(0), |r| r.get::<i64>("n"))
     }
 
     /// Sets a user's password hash and ends their sessions.
@@ -257,7 +257,6 @@ impl Store {
     pub async fn touch_api_key(&self, id: Uuid, at: DateTime<Utc>) -> Result<()> {
         let mut tx = self.begin().await?;
         let current = load_locked::<ApiKey>(&mut tx, id, Some(false)).await?;
-        check_version(&current, None)?;
         let mut data = current.data.clone();
         data.last_used_at = Some(at);
         overwrite(&mut tx, &current, data, now()).await?;
@@ -273,7 +272,7 @@ impl Store {
         let mut read = Sql::new("SELECT value FROM server_secrets WHERE name = ");
         read.bind(Value::Text(Some(name.into())));
         let row = tx.fetch_optional(&read).await?.ok_or_else(|| StoreError::Corrupt(format!("secret {name} vanished")))?;
-        let value = row.text("value")?;
+        let value = row.get::<String>("value")?;
         tx.commit().await?;
         Ok(value)
     }

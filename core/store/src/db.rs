@@ -333,14 +333,11 @@ impl Row {
         }
     }
 
-    pub(crate) fn text(&self, column: &str) -> Result<String> {
-        Ok(match self {
-            Row::Sqlite(r) => r.try_get(column)?,
-            Row::Postgres(r) => r.try_get(column)?,
-        })
-    }
-
-    pub(crate) fn optional_text(&self, column: &str) -> Result<Option<String>> {
+    /// A column whose type both drivers decode natively (text, integers, booleans).
+    pub(crate) fn get<T>(&self, column: &str) -> Result<T>
+    where
+        T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+    {
         Ok(match self {
             Row::Sqlite(r) => r.try_get(column)?,
             Row::Postgres(r) => r.try_get(column)?,
@@ -357,26 +354,11 @@ impl Row {
         }
     }
 
-    pub(crate) fn int(&self, column: &str) -> Result<i64> {
-        Ok(match self {
-            Row::Sqlite(r) => r.try_get(column)?,
-            Row::Postgres(r) => r.try_get(column)?,
-        })
-    }
-
     pub(crate) fn time(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
         match self {
             Row::Sqlite(r) => r.try_get::<Option<String>, _>(column)?.as_deref().map(parse_sqlite_time).transpose(),
             Row::Postgres(r) => Ok(r.try_get(column)?),
         }
-    }
-
-    /// A JSON column, as text (PostgreSQL queries select `doc::text`).
-    pub(crate) fn json_text(&self, column: &str) -> Result<String> {
-        Ok(match self {
-            Row::Sqlite(r) => r.try_get(column)?,
-            Row::Postgres(r) => r.try_get(column)?,
-        })
     }
 }
 
@@ -394,7 +376,7 @@ fn escape_like(term: &str) -> String {
 
 /// The SQL that differs between the backends.
 pub(crate) trait Dialect {
-    /// The column list that reads a record (`doc` as text on both).
+    /// The column list that reads a record (`doc` as text on both, read with `Row::get`).
     fn record_columns(&self) -> &'static str;
     /// Appends ` AND <condition>` matching rows of `table` whose folded search text contains
     /// `term`, answered by the backend's trigram index.

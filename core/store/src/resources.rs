@@ -79,11 +79,11 @@ pub(crate) const fn sort(name: &'static str, column: &'static str, kind: SortKin
 }
 
 pub(crate) fn decode<R: Table>(row: &Row) -> Result<Record<R>> {
-    let doc = row.json_text("doc")?;
+    let doc = row.get::<String>("doc")?;
     let data = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(format!("{} document: {e}", R::TABLE)))?;
     Ok(Record {
         id: row.uuid("id")?,
-        version: row.int("version")?,
+        version: row.get::<i64>("version")?,
         created_at: row.time("created_at")?.ok_or_else(|| StoreError::Corrupt("created_at is null".into()))?,
         updated_at: row.time("updated_at")?.ok_or_else(|| StoreError::Corrupt("updated_at is null".into()))?,
         deleted_at: row.time("deleted_at")?,
@@ -304,8 +304,8 @@ impl Store {
             let record = decode::<R>(row)?;
             if more && i + 1 == limit as usize {
                 let value = match key.kind {
-                    SortKind::Text => serde_json::Value::from(row.text("sort_key")?),
-                    SortKind::Int => serde_json::Value::from(row.int("sort_key")?),
+                    SortKind::Text => serde_json::Value::from(row.get::<String>("sort_key")?),
+                    SortKind::Int => serde_json::Value::from(row.get::<i64>("sort_key")?),
                     SortKind::Time => {
                         serde_json::Value::from(row.time("sort_key")?.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
                     }
@@ -519,7 +519,7 @@ async fn next_order_number(tx: &mut Tx, year: i32) -> Result<String> {
     sql.bind(Value::Int(Some(i64::from(year))));
     sql.push(", 1) ON CONFLICT (year) DO UPDATE SET last_value = order_sequences.last_value + 1 RETURNING last_value");
     let row = tx.fetch_optional(&sql).await?.ok_or_else(|| StoreError::Corrupt("order sequence returned nothing".into()))?;
-    Ok(order_number(year, row.int("last_value")?))
+    Ok(order_number(year, row.get::<i64>("last_value")?))
 }
 
 /// Applies a status change's stock movement to every product of the order, in id order so
