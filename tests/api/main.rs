@@ -3,8 +3,13 @@
 //! [`crm_tests::api_on_both_backends!`] (PostgreSQL variants are skipped when no server answers,
 //! unless `CRM_REQUIRE_POSTGRES=1`).
 
+mod bus;
+mod comms;
 mod customers;
 mod errors;
+mod inbox;
+mod media;
+mod messages;
 mod ops;
 mod orders;
 mod products;

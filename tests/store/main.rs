@@ -6,8 +6,10 @@
 //! skipped when no server answers, unless `CRM_REQUIRE_POSTGRES=1`.
 
 mod common;
+mod comms;
 mod customers;
 mod orders;
+mod outbox;
 mod pagination;
 mod products;
 mod search;

@@ -6,7 +6,11 @@
 //! dropped afterwards. When no server answers they are skipped with a notice on the terminal,
 //! unless `CRM_REQUIRE_POSTGRES=1` (set by `.ci/run`), which turns the skip into a failure.
 
+pub mod asyncapi;
+pub mod bus;
+pub mod fixtures;
 pub mod http;
+pub mod processes;
 
 use crm_store::{Store, StoreConfig};
 use std::io::Write as _;
@@ -46,7 +50,7 @@ fn postgres_required() -> bool {
 }
 
 /// Writes straight to the terminal: libtest captures `eprintln!`, not the stderr handle.
-fn notice(text: &str) {
+pub(crate) fn notice(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
@@ -191,7 +195,24 @@ pub struct TestApp {
     pub admin_key: String,
     /// The database behind it.
     pub db: TestDb,
+    /// The in-process bus the API was given (subscribe to it to see what the API publishes).
+    pub bus: crm_bus::Bus,
+    /// What the API notifies after writing outbox messages (nothing relays them in tests:
+    /// read the outbox with `Store::claim_outbox`).
+    pub relay_wakeup: std::sync::Arc<tokio::sync::Notify>,
     server: tokio::task::JoinHandle<()>,
+    /// The plugin registry's directory, when the app has one ([`TestApp::spawn_with_plugins`]).
+    plugins_dir: Option<tempfile::TempDir>,
+}
+
+/// A plugin registry with the default plugins in a fresh directory (removed when the guard is
+/// dropped); the compiled-artifact cache is shared by every test (it is keyed by hash).
+pub fn plugin_registry() -> (std::sync::Arc<crm_plugins::Registry>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = std::env::temp_dir().join("crm-test-plugin-artifacts");
+    let host = crm_plugins::HostConfig { cache_dir: Some(cache), ..crm_plugins::HostConfig::default() };
+    let config = crm_plugins::RegistryConfig { dir: dir.path().to_owned(), host, install_defaults: true };
+    (std::sync::Arc::new(crm_plugins::Registry::open(config).expect("plugin registry")), dir)
 }
 
 /// Cheap Argon2 settings for tests (the production defaults cost ~20 MiB and tens of ms).
@@ -219,9 +240,26 @@ impl TestApp {
 
     /// Starts the API over `db` with `config`, and makes an admin API key for `client`.
     pub async fn spawn_with(db: TestDb, config: crm_api::ApiConfig) -> TestApp {
+        Self::spawn_customized(db, config, |state| state).await
+    }
+
+    /// Like [`TestApp::spawn_with`], with the application state passed through `customize`
+    /// first (e.g. to give it a plugin registry).
+    pub async fn spawn_customized(
+        db: TestDb,
+        config: crm_api::ApiConfig,
+        customize: impl FnOnce(crm_api::AppState) -> crm_api::AppState,
+    ) -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("addr"));
-        let state = crm_api::AppState::new(db.store.clone(), config).await.expect("app state");
+        let bus = crm_bus::Bus::in_process(crm_bus::BusConfig::default());
+        let relay_wakeup = std::sync::Arc::new(tokio::sync::Notify::new());
+        let state = crm_api::AppState::new(db.store.clone(), config)
+            .await
+            .expect("app state")
+            .with_bus(bus.clone())
+            .with_relay_wakeup(relay_wakeup.clone());
+        let state = customize(state);
         let app = crm_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve");
@@ -239,12 +277,46 @@ impl TestApp {
             last_used_at: None,
         };
         db.store.create_api_key(key, sha256_hex(&admin_key)).await.expect("admin key");
-        TestApp { address, client: client_with_token(&admin_key), anonymous: reqwest::Client::new(), admin_key, db, server }
+        TestApp {
+            address,
+            client: client_with_token(&admin_key),
+            anonymous: reqwest::Client::new(),
+            admin_key,
+            db,
+            bus,
+            relay_wakeup,
+            server,
+            plugins_dir: None,
+        }
+    }
+
+    /// Starts the API over `db` with the test configuration and a plugin registry holding the
+    /// default plugins, so orders are priced by the default pricing plugin.
+    pub async fn spawn_with_plugins(db: TestDb) -> TestApp {
+        let (registry, dir) = tokio::task::spawn_blocking(plugin_registry).await.expect("plugin registry");
+        let mut app = Self::spawn_customized(db, test_api_config(), move |state| state.with_plugins(registry)).await;
+        app.plugins_dir = Some(dir);
+        app
     }
 
     /// `address` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// Creates a console user with `role` (as the admin key) and signs them in; returns the
+    /// user's id and a client that sends their access token.
+    pub async fn user(&self, role: crm_domain::access::Role) -> (String, reqwest::Client) {
+        let email = format!("{}-{}@example.gr", role.as_str(), uuid::Uuid::now_v7().simple());
+        let password = "correct horse battery staple";
+        let body = serde_json::json!({"email": email, "display_name": format!("Test {}", role.as_str()), "role": role.as_str(), "password": password});
+        let response = self.client.post(self.url("/api/v1/users")).json(&body).send().await.expect("request");
+        let user = http::expect_json(response, reqwest::StatusCode::CREATED).await;
+        let login = serde_json::json!({"email": email, "password": password});
+        let response = self.anonymous.post(self.url("/api/v1/auth/login")).json(&login).send().await.expect("request");
+        let tokens = http::expect_json(response, reqwest::StatusCode::OK).await;
+        let token = tokens["access_token"].as_str().unwrap_or_else(|| panic!("no access token: {tokens:#}"));
+        (http::id(&user).to_owned(), client_with_token(token))
     }
 }
 
@@ -279,6 +351,32 @@ macro_rules! api_on_both_backends {
                 async fn $name() {
                     let Some(db) = $crate::TestDb::new($crate::Backend::Postgres).await else { return };
                     super::$name(&$crate::TestApp::spawn(db).await).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Like [`api_on_both_backends!`], with the server started with the configuration a function
+/// gives: `name => config_fn`.
+#[macro_export]
+macro_rules! configured_api_on_both_backends {
+    ($($name:ident => $config:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::TestDb::new($crate::Backend::Sqlite).await.expect("sqlite is always available");
+                    super::$name(&$crate::TestApp::spawn_with(db, super::$config()).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::TestDb::new($crate::Backend::Postgres).await else { return };
+                    super::$name(&$crate::TestApp::spawn_with(db, super::$config()).await).await;
                 }
             )*
         }

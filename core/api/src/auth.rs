@@ -274,6 +274,14 @@ impl Principal {
         }
     }
 
+    /// Who it is in records that name their author: `user:<id>` or `api_key:<id>`.
+    pub fn label(&self) -> String {
+        match self {
+            Principal::User { id, .. } => format!("user:{id}"),
+            Principal::ApiKey { id, .. } => format!("api_key:{id}"),
+        }
+    }
+
     fn actor(&self, request_id: Option<String>) -> Actor {
         match self {
             Principal::User { id, .. } => Actor { kind: ActorKind::User, id: Some(*id), request_id },
@@ -308,6 +316,9 @@ pub enum Requirement {
     SignedIn,
     /// A permission.
     Permission(Area, Action),
+    /// A permission held for every record of the area (`Scope::All`): those who may act only
+    /// on records assigned to them are refused.
+    PermissionOnAll(Area, Action),
 }
 
 /// One route's rule.
@@ -342,8 +353,20 @@ pub(crate) async fn authorize(State(state): State<AppState>, mut request: Reques
         return Ok(next.run(request).await);
     }
     let principal = authenticate(&state, request.headers()).await?;
-    if let Requirement::Permission(area, action) = requirement {
-        principal.require(area, action)?;
+    match requirement {
+        Requirement::Permission(area, action) => {
+            principal.require(area, action)?;
+        }
+        Requirement::PermissionOnAll(area, action) => {
+            if principal.require(area, action)? != Scope::All {
+                return Err(ApiError::Forbidden(format!(
+                    "you may {} only the {} assigned to you; this needs the permission for all of them",
+                    action.as_str(),
+                    area.as_str()
+                )));
+            }
+        }
+        Requirement::Public | Requirement::SignedIn => {}
     }
     let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let store = state.store.acting_as(principal.actor(request_id));

@@ -70,6 +70,18 @@ pub enum ApiError {
     /// The store is unreachable: 503.
     #[error("service unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A rule plugin gave no answer (it failed, is disabled, or none is active): 503. Nothing
+    /// was stored.
+    #[error("{0}")]
+    PluginUnavailable(String),
+    /// A connector (or the bus to it) does not answer: 503 with `Retry-After`.
+    #[error("{detail}")]
+    ConnectorUnavailable {
+        /// What does not answer, for the client.
+        detail: String,
+        /// Seconds after which trying again makes sense.
+        retry_after: u64,
+    },
 }
 
 /// An RFC 9457 problem document.
@@ -113,7 +125,9 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::ConnectorUnavailable { .. } | ApiError::PluginUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -157,6 +171,8 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 ("unavailable", "Service unavailable", "the database cannot be reached; try again shortly".into(), vec![])
             }
+            ApiError::ConnectorUnavailable { detail, .. } => ("connector-unavailable", "Connector unavailable", detail.clone(), vec![]),
+            ApiError::PluginUnavailable(detail) => ("plugin-unavailable", "Rule plugin unavailable", detail.clone(), vec![]),
         };
         Problem {
             kind: format!("{TYPE_BASE}{slug}"),
@@ -217,7 +233,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::TooManyRequests { retry_after } => {
+            ApiError::TooManyRequests { retry_after } | ApiError::ConnectorUnavailable { retry_after, .. } => {
                 if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }

@@ -24,20 +24,59 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if essence != "application/json" && !(essence.starts_with("application/") && essence.ends_with("+json")) {
+        if !is_json(&media_type(req.headers())) {
             return Err(ApiError::UnsupportedMediaType("application/json"));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge(crate::MAX_BODY_BYTES)
-            } else {
-                ApiError::BadRequest(format!("could not read the body: {rejection}"))
-            }
-        })?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// An optional JSON request body: `None` when the request has no body at all.
+#[derive(Debug)]
+pub(crate) struct OptionalJsonBody(pub Option<Value>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let media_type = media_type(req.headers());
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(None));
+        }
+        if !is_json(&media_type) {
+            return Err(ApiError::UnsupportedMediaType("application/json"));
+        }
+        parse_json(&bytes).map(|value| OptionalJsonBody(Some(value)))
+    }
+}
+
+/// The essence of the request's media type (`multipart/form-data`), in lower case; empty when
+/// none is given.
+pub(crate) fn media_type(headers: &axum::http::HeaderMap) -> String {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Whether a media type essence is JSON (`application/json`, `application/*+json`).
+pub(crate) fn is_json(essence: &str) -> bool {
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The whole body, within the route's body limit (413 beyond it).
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(crate::MAX_BODY_BYTES)
+        } else {
+            ApiError::BadRequest(format!("could not read the body: {rejection}"))
+        }
+    })
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))
 }
 
 /// Types a JSON value, reporting a type error with the JSON Pointer of the offending field.
@@ -120,13 +159,26 @@ const LIST_PARAMS: &[&str] = &["search", "sort", "direction", "cursor", "limit",
 
 /// Parses a listing's query string into the common parameters and the resource's filter
 /// parameters `F` (whose names are `filter_names`). Unknown names are refused.
+///
+/// A filter may share its name with a common parameter: the log's `direction` (inbound,
+/// outbound, internal) and the sort `direction` (asc, desc). Such a parameter is the sort
+/// direction when its value is `asc` or `desc`, and the filter otherwise.
 pub(crate) fn list_query<F: DeserializeOwned>(raw: Option<&str>, filter_names: &[&str]) -> Result<(ListParams, F), ApiError> {
     let pairs = query_pairs(raw)?;
     let known: Vec<&str> = LIST_PARAMS.iter().chain(filter_names).copied().collect();
     let mut errors = Violations::default();
     refuse_unknown(&pairs, &known, &mut errors);
-    let common = typed_subset::<ListParams>(&pairs, LIST_PARAMS, &mut errors);
-    let filter = typed_subset::<F>(&pairs, filter_names, &mut errors);
+    let sorting = |(name, value): &&(String, String)| name == "direction" && ["asc", "desc"].contains(&value.as_str());
+    let shared = |name: &str| LIST_PARAMS.contains(&name) && filter_names.contains(&name);
+    let (common_pairs, filter_pairs): (Vec<_>, Vec<_>) = if filter_names.iter().any(|n| shared(n)) {
+        let common = pairs.iter().filter(|p| !shared(&p.0) || sorting(p)).cloned().collect();
+        let filter = pairs.iter().filter(|p| !sorting(p)).cloned().collect();
+        (common, filter)
+    } else {
+        (pairs.clone(), pairs)
+    };
+    let common = typed_subset::<ListParams>(&common_pairs, LIST_PARAMS, &mut errors);
+    let filter = typed_subset::<F>(&filter_pairs, filter_names, &mut errors);
     match (common, filter) {
         (Some(common), Some(filter)) if errors.is_empty() => Ok((common, filter)),
         _ => Err(ApiError::BadQuery(errors)),

@@ -4,7 +4,13 @@
 //! `/health`, `/ready` and `/metrics`.
 //!
 //! Every request gets an `x-request-id` (kept when the client sends one), which is logged on
-//! the request's span and returned in the response.
+//! the request's span and returned in the response, and travels on the bus with the commands
+//! the request causes.
+//!
+//! Handlers that ask a connector to act (send a message, store a file) write the command to the
+//! store's outbox in the transaction of the record it concerns, then wake the outbox relay
+//! through [`AppState::relay_wakeup`]; requests that need an answer now (reading a file) go
+//! over [`AppState::bus`].
 //!
 //! ```no_run
 //! # async fn demo(store: crm_store::Store) {
@@ -18,22 +24,29 @@
 
 mod admin;
 mod auth;
+mod bus;
+mod comms;
 mod error;
 mod extract;
+mod media;
 mod openapi;
 mod ops;
+mod plugins;
 mod resources;
 mod telemetry;
 
 pub use auth::{API_KEY_PREFIX, Auth, AuthConfig, Ctx, Principal, Requirement, RouteRule, generate_password, route_rules};
 pub use error::{ApiError, ApiResult, Problem};
 pub use openapi::document as openapi_document;
+pub use plugins::MAX_PLUGIN_BYTES;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
+use crm_bus::{Bus, BusConfig};
 use crm_domain::access::{Action, Area};
+use crm_domain::comms::{CommsEntry, Media};
 use crm_domain::contact::Region;
 use crm_domain::customer::Customer;
 use crm_domain::order::Order;
@@ -42,14 +55,21 @@ use crm_domain::user::{ApiKey, User};
 use crm_store::Store;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-/// The largest request body accepted, in bytes.
+/// The largest request body accepted, in bytes (file uploads aside).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// The CloudEvents `source` of what the core puts on the bus.
+pub(crate) const CORE_SOURCE: &str = "/crm/core";
+
+/// The default cap on an uploaded file: 25 MiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 25 * 1024 * 1024;
+
 /// How the API is set up.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// Region used to read phone numbers written without a country code.
     pub default_region: Region,
@@ -57,6 +77,22 @@ pub struct ApiConfig {
     pub auth: AuthConfig,
     /// Origins (e.g. `https://console.example.gr`) whose browsers may call the API.
     pub cors_origins: Vec<String>,
+    /// The largest file `POST /api/v1/media` accepts, in bytes; larger is 413.
+    pub max_upload_bytes: usize,
+    /// How long `GET /api/v1/media/{id}/content` waits for the files connector.
+    pub file_read_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            default_region: Region::default(),
+            auth: AuthConfig::default(),
+            cors_origins: Vec::new(),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            file_read_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// What every handler shares.
@@ -68,6 +104,19 @@ pub struct AppState {
     pub default_region: Region,
     /// Keys and sign-in throttling.
     pub auth: Arc<Auth>,
+    /// The message bus: requests that need an answer now (reading a file), replays of dead
+    /// letters, queue figures. An in-process bus unless [`AppState::with_bus`] gives another.
+    pub bus: Bus,
+    /// Notified (`notify_one`) after a handler has written outbox messages, so that the outbox
+    /// relay publishes them at once rather than at its next poll.
+    pub relay_wakeup: Arc<Notify>,
+    /// The largest uploaded file accepted, in bytes.
+    pub max_upload_bytes: usize,
+    /// How long reading a file waits for the files connector.
+    pub file_read_timeout: Duration,
+    /// The rule plugins: orders are priced by the active pricing plugin. Without a registry
+    /// ([`AppState::with_plugins`] not called) orders are priced by the built-in rule.
+    pub plugins: Option<Arc<crm_plugins::Registry>>,
     cors_origins: Vec<HeaderValue>,
 }
 
@@ -80,7 +129,42 @@ impl AppState {
             .iter()
             .map(|o| HeaderValue::from_str(o.trim_end_matches('/')).map_err(|_| format!("`{o}` is not a valid CORS origin")))
             .collect::<Result<_, _>>()?;
-        Ok(AppState { store, default_region: config.default_region, auth: Arc::new(auth), cors_origins })
+        Ok(AppState {
+            store,
+            default_region: config.default_region,
+            auth: Arc::new(auth),
+            bus: Bus::in_process(BusConfig::default()),
+            relay_wakeup: Arc::new(Notify::new()),
+            max_upload_bytes: config.max_upload_bytes,
+            file_read_timeout: config.file_read_timeout,
+            plugins: None,
+            cors_origins,
+        })
+    }
+
+    /// The same state over another bus (the server's: RabbitMQ or its in-process bus).
+    pub fn with_bus(mut self, bus: Bus) -> Self {
+        self.bus = bus;
+        self
+    }
+
+    /// The same state notifying `wakeup` after writing outbox messages (instead of a `Notify`
+    /// of its own, which the relay can also take from [`AppState::relay_wakeup`]).
+    pub fn with_relay_wakeup(mut self, wakeup: Arc<Notify>) -> Self {
+        self.relay_wakeup = wakeup;
+        self
+    }
+
+    /// The same state pricing orders with `registry`'s active pricing plugin and serving its
+    /// management routes.
+    pub fn with_plugins(mut self, registry: Arc<crm_plugins::Registry>) -> Self {
+        self.plugins = Some(registry);
+        self
+    }
+
+    /// Wakes the outbox relay: a handler has just committed outbox messages.
+    pub(crate) fn wake_relay(&self) {
+        self.relay_wakeup.notify_one();
     }
 }
 
@@ -93,6 +177,12 @@ fn route_table() -> Vec<RouteRule> {
     rules.extend(resources::rules::<Order>());
     rules.extend(resources::rules::<User>());
     rules.extend(resources::rules::<ApiKey>());
+    rules.extend(resources::rules::<CommsEntry>());
+    rules.extend(resources::rules::<Media>());
+    rules.extend(comms::rules());
+    rules.extend(media::rules());
+    rules.extend(bus::rules());
+    rules.extend(plugins::rules());
     rules.extend([
         rule(Method::GET, "/api/v1/customers/{id}/orders", Requirement::Permission(Area::Orders, Action::View)),
         rule(Method::GET, "/api/v1/customers/{id}/history", Requirement::Permission(Area::Customers, Action::View)),
@@ -116,6 +206,12 @@ pub fn router(state: AppState) -> Router {
         .merge(resources::routes::<Order>())
         .merge(resources::routes::<User>())
         .merge(resources::routes::<ApiKey>())
+        .merge(resources::routes::<CommsEntry>())
+        .merge(resources::routes::<Media>())
+        .merge(comms::routes())
+        .merge(media::routes())
+        .merge(bus::routes())
+        .merge(plugins::routes())
         .route("/customers/{id}/orders", get(resources::customer_orders))
         .route("/customers/{id}/history", get(resources::customer_history))
         .merge(admin::routes())

@@ -4,14 +4,17 @@
 
 use crate::admin::{AuditParams, PasswordRequest};
 use crate::auth::{LoginRequest, Me, RefreshRequest, TokenResponse};
+use crate::bus::{BusStatus, ConnectorList, DeadLetterParams, ReplayRequest};
+use crate::comms::{AssignRequest, CommsParams, InboxParams, SendRequest, timeline_filters};
 use crate::error::Problem;
 use crate::extract::ListParams;
 use crate::resources::ApiResource;
+use crm_domain::comms::{CommsEntry, Media};
 use crm_domain::customer::Customer;
 use crm_domain::order::Order;
 use crm_domain::product::Product;
 use crm_domain::user::{ApiKey, User};
-use crm_store::AuditEntry;
+use crm_store::{AuditEntry, DeadLetter};
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItemBuilder};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{AllOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
@@ -46,7 +49,12 @@ pub fn document() -> OpenApi {
     describe::<Order>(&mut paths, &mut schemas);
     describe::<User>(&mut paths, &mut schemas);
     describe::<ApiKey>(&mut paths, &mut schemas);
+    describe::<CommsEntry>(&mut paths, &mut schemas);
+    describe::<Media>(&mut paths, &mut schemas);
     paths = describe_access(paths, &mut schemas);
+    paths = describe_comms(paths, &mut schemas);
+    paths = describe_bus(paths, &mut schemas);
+    paths = describe_plugins(paths, &mut schemas);
     paths = paths.path(
         "/api/v1/customers/{id}/orders",
         utoipa::openapi::PathItem::new(
@@ -87,7 +95,7 @@ pub fn document() -> OpenApi {
     schemas.push(("Problem".into(), Problem::schema()));
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("crm-hub API").version(env!("CARGO_PKG_VERSION")).description(Some(
-            "Customers, products and orders. Amounts are integers in minor units (cents). Errors are RFC 9457 problem documents. \
+            "Customers, products, orders, the communications log and media, and the message bus. Amounts are integers in minor units (cents). Errors are RFC 9457 problem documents. \
                      Updates take `If-Match` with the ETag from a read; a stale one gets 412.",
         )))
         .paths(paths)
@@ -180,13 +188,25 @@ fn describe<R: ApiResource>(paths: &mut PathsBuilder, schemas: &mut Vec<(String,
             .build()
     };
     let invalid = || problem("Invalid body: every problem with its JSON Pointer");
+    // A filter named like a common parameter (the log's `direction`) documents both.
+    let common = ListParams::into_params(|| Some(ParameterIn::Query)).into_iter().filter(|p| !R::FILTERS.contains(&p.name.as_str()));
     let list = operation(tag, &format!("List {}", R::PATH), &format!("list_{}", R::PATH))
-        .parameters(Some(ListParams::into_params(|| Some(ParameterIn::Query))))
+        .parameters(Some(common))
         .parameters(Some(R::FilterParams::into_params(|| Some(ParameterIn::Query))))
         .response("200", json_response("A page", page_schema(&name)))
         .response("400", problem("Invalid or unknown query parameter"));
+    let create_body = if R::UPLOADS {
+        RequestBodyBuilder::new()
+            .required(Some(utoipa::openapi::Required::True))
+            .description(Some("JSON: metadata of a file already in the file store. multipart/form-data: an upload."))
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name(&input))).build())
+            .content("multipart/form-data", ContentBuilder::new().schema(Some(upload_form())).build())
+            .build()
+    } else {
+        body("application/json")
+    };
     let create = operation(tag, &format!("Create a {}", R::NAME), &format!("create_{}", R::NAME))
-        .request_body(Some(body("application/json")))
+        .request_body(Some(create_body))
         .response("201", json_response("Created; ETag and Location headers set", record_schema(&name)))
         .response("409", problem("Conflicts with existing data"))
         .response("413", problem("Body too large"))
@@ -233,6 +253,17 @@ fn describe<R: ApiResource>(paths: &mut PathsBuilder, schemas: &mut Vec<(String,
         .response("200", json_response("Restored", record_schema(&name)))
         .response("404", problem("No such record"));
 
+    let create = if R::UPLOADS {
+        create.response(
+            "202",
+            json_response(
+                "Uploaded: the file is pending until the files connector has stored it; ETag and Location set",
+                record_schema(&name),
+            ),
+        )
+    } else {
+        create
+    };
     let item_ops = PathItemBuilder::new().operation(HttpMethod::Get, read).operation(HttpMethod::Delete, delete);
     let item_ops = if R::EDITABLE { item_ops.operation(HttpMethod::Put, replace).operation(HttpMethod::Patch, patch) } else { item_ops };
     let taken = std::mem::take(paths)
@@ -243,6 +274,302 @@ fn describe<R: ApiResource>(paths: &mut PathsBuilder, schemas: &mut Vec<(String,
     } else {
         taken
     };
+}
+
+/// The form of an upload.
+fn upload_form() -> ObjectBuilder {
+    let text = |description: &str| ObjectBuilder::new().schema_type(Type::String).description(Some(description));
+    let uuid = |description: &str| text(description).format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)));
+    ObjectBuilder::new()
+        .property(
+            "file",
+            text("The file; its part's file name and content type are kept (override the name with `filename`)")
+                .content_media_type("application/octet-stream"),
+        )
+        .required("file")
+        .property("customer_id", uuid("The customer (this or `order_id` is required)"))
+        .property("order_id", uuid("The order"))
+        .property("direction", text("`received`, `sent` or `internal` (default)"))
+        .property("tags", ArrayBuilder::new().items(text("A tag")).description(Some("Tags (repeat the field)")))
+        .property("filename", text("File name to keep instead of the part's"))
+}
+
+/// A page of records of the schema `name`.
+fn page_of(name: &str) -> ObjectBuilder {
+    ObjectBuilder::new().property("items", ArrayBuilder::new().items(Ref::from_schema_name(name))).required("items").property(
+        "next_cursor",
+        ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
+            .description(Some("Pass as `cursor` for the next page; null on the last page")),
+    )
+}
+
+fn json_body(name: &str, required: bool) -> utoipa::openapi::request_body::RequestBody {
+    let required = if required { utoipa::openapi::Required::True } else { utoipa::openapi::Required::False };
+    RequestBodyBuilder::new()
+        .required(Some(required))
+        .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name(name))).build())
+        .build()
+}
+
+/// A customer's timeline, outbound messages, the unmatched inbox and media content.
+fn describe_comms(paths: PathsBuilder, schemas: &mut Vec<(String, RefOr<Schema>)>) -> PathsBuilder {
+    for (name, schema) in [("SendRequest", SendRequest::schema()), ("AssignRequest", AssignRequest::schema())] {
+        schemas.push((name.into(), schema));
+    }
+    SendRequest::schemas(schemas);
+    let timeline_params =
+        CommsParams::into_params(|| Some(ParameterIn::Query)).into_iter().filter(|p| timeline_filters().contains(&p.name.as_str()));
+    let assign_response = ObjectBuilder::new()
+        .property("entry", record_schema("CommsEntry"))
+        .required("entry")
+        .property(
+            "contact_added",
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .description(Some("Whether the sender's address was added to the customer's contacts")),
+        )
+        .required("contact_added")
+        .property(
+            "also_assigned",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .description(Some("Other unmatched entries from the same address, assigned with it")),
+        )
+        .required("also_assigned");
+    let post = |op: OperationBuilder| utoipa::openapi::PathItem::new(HttpMethod::Post, op);
+    let get = |op: OperationBuilder| utoipa::openapi::PathItem::new(HttpMethod::Get, op);
+    paths
+        .path(
+            "/api/v1/customers/{id}/timeline",
+            get(operation("comms", "A customer's communications, latest first", "customer_timeline")
+                .parameter(id_parameter())
+                .parameters(Some(
+                    ListParams::into_params(|| Some(ParameterIn::Query)).into_iter().filter(|p| !timeline_filters().contains(&p.name.as_str())),
+                ))
+                .parameters(Some(timeline_params))
+                .response("200", json_response("A page of log entries", page_schema("CommsEntry")))
+                .response("400", problem("Invalid or unknown query parameter"))
+                .response("404", problem("No such customer"))),
+        )
+        .path(
+            "/api/v1/customers/{id}/messages",
+            post(operation("comms", "Send a message to a customer (email, WhatsApp, SMS)", "send_message")
+                .description(Some("Logs a queued outbound entry and writes the command for the channel's connector in one transaction; the connector's delivery reports update the entry's `delivery_status`."))
+                .parameter(id_parameter())
+                .request_body(Some(json_body("SendRequest", true)))
+                .response("202", json_response("Queued; Location names the log entry", record_schema("CommsEntry")))
+                .response("404", problem("No such customer"))
+                .response("415", problem("Body is not JSON"))
+                .response("422", problem("Invalid message: every problem with its JSON Pointer"))),
+        )
+        .path(
+            "/api/v1/inbox",
+            get(operation("comms", "The unmatched inbox: entries whose sender matched no customer, latest first", "inbox")
+                .parameters(Some(InboxParams::into_params(|| Some(ParameterIn::Query))))
+                .response("200", json_response("A page of log entries", page_schema("CommsEntry")))
+                .response("400", problem("Invalid or unknown query parameter"))),
+        )
+        .path(
+            "/api/v1/inbox/{id}/assign",
+            post(operation("comms", "Assign an unmatched entry to a customer", "inbox_assign")
+                .description(Some("Adds the sender's address to the customer's contacts and assigns the other unmatched entries from that address too."))
+                .parameter(id_parameter())
+                .parameter(if_match())
+                .request_body(Some(json_body("AssignRequest", true)))
+                .response("200", json_response("Assigned; ETag of the entry set", assign_response))
+                .response("404", problem("No such entry"))
+                .response("409", problem("The entry is not in the unmatched inbox"))
+                .response("412", problem("The entry has changed since the If-Match version"))
+                .response("422", problem("No such customer"))),
+        )
+        .path(
+            "/api/v1/inbox/{id}/dismiss",
+            post(operation("comms", "Dismiss an unmatched entry (spam, not a customer)", "inbox_dismiss")
+                .parameter(id_parameter())
+                .parameter(if_match())
+                .response("200", json_response("Dismissed", record_schema("CommsEntry")))
+                .response("404", problem("No such entry"))
+                .response("409", problem("The entry is not in the unmatched inbox"))
+                .response("412", problem("The entry has changed since the If-Match version"))),
+        )
+        .path(
+            "/api/v1/media/{id}/content",
+            get(operation("media", "The content of a stored file, from the file store", "media_content")
+                .parameter(id_parameter())
+                .response(
+                    "200",
+                    ResponseBuilder::new()
+                        .description("The bytes, with the file's Content-Type, Content-Disposition (attachment) and its SHA-256 as ETag")
+                        .content("application/octet-stream", ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::String).content_media_type("application/octet-stream"))).build()),
+                )
+                .response("304", ResponseBuilder::new().description("Not modified (If-None-Match)"))
+                .response("404", problem("No such media file, or the file store does not have it"))
+                .response("409", problem("The file is not stored (pending, failed, or only metadata)"))
+                .response("503", problem("The files connector does not answer; see Retry-After"))),
+        )
+}
+
+/// Connectors, the bus and its dead letters.
+fn describe_bus(paths: PathsBuilder, schemas: &mut Vec<(String, RefOr<Schema>)>) -> PathsBuilder {
+    for (name, schema) in [
+        ("ConnectorList", ConnectorList::schema()),
+        ("BusStatus", BusStatus::schema()),
+        ("DeadLetter", DeadLetter::schema()),
+        ("ReplayRequest", ReplayRequest::schema()),
+    ] {
+        schemas.push((name.into(), schema));
+    }
+    ConnectorList::schemas(schemas);
+    BusStatus::schemas(schemas);
+    DeadLetter::schemas(schemas);
+    let get = |op: OperationBuilder| utoipa::openapi::PathItem::new(HttpMethod::Get, op);
+    let post = |op: OperationBuilder| utoipa::openapi::PathItem::new(HttpMethod::Post, op);
+    let letter = || json_response("The dead letter", Ref::from_schema_name("DeadLetter"));
+    paths
+        .path(
+            "/api/v1/connectors",
+            get(operation("bus", "Connectors and their instances, with a status from their heartbeats", "connectors")
+                .response("200", json_response("Every connector seen", Ref::from_schema_name("ConnectorList")))),
+        )
+        .path(
+            "/api/v1/bus",
+            get(operation("bus", "The bus: transport, queues, dead letters waiting and the outbox backlog", "bus_status")
+                .response("200", json_response("The state of the bus", Ref::from_schema_name("BusStatus")))),
+        )
+        .path(
+            "/api/v1/bus/dead-letters",
+            get(operation("bus", "Dead letters, latest first", "dead_letters")
+                .parameters(Some(DeadLetterParams::into_params(|| Some(ParameterIn::Query))))
+                .response("200", json_response("A page of dead letters", page_of("DeadLetter")))
+                .response("400", problem("Invalid or unknown query parameter"))),
+        )
+        .path(
+            "/api/v1/bus/dead-letters/{id}",
+            get(operation("bus", "A dead letter", "dead_letter")
+                .parameter(id_parameter())
+                .response("200", letter())
+                .response("404", problem("No such dead letter"))),
+        )
+        .path(
+            "/api/v1/bus/dead-letters/{id}/replay",
+            post(
+                operation("bus", "Put a dead letter back on its queue, with fixed data if given", "dead_letter_replay")
+                    .parameter(id_parameter())
+                    .request_body(Some(json_body("ReplayRequest", false)))
+                    .response("200", json_response("Replayed", Ref::from_schema_name("DeadLetter")))
+                    .response("404", problem("No such dead letter"))
+                    .response("409", problem("Already replayed or discarded, or its consumer group has no queue"))
+                    .response("422", problem("Invalid replacement data"))
+                    .response("503", problem("The bus cannot take the message; see Retry-After")),
+            ),
+        )
+        .path(
+            "/api/v1/bus/dead-letters/{id}/discard",
+            post(
+                operation("bus", "Give up on a dead letter", "dead_letter_discard")
+                    .parameter(id_parameter())
+                    .response("200", json_response("Discarded", Ref::from_schema_name("DeadLetter")))
+                    .response("404", problem("No such dead letter"))
+                    .response("409", problem("Already replayed or discarded")),
+            ),
+        )
+}
+
+/// Rule plugins and quoting.
+fn describe_plugins(paths: PathsBuilder, schemas: &mut Vec<(String, RefOr<Schema>)>) -> PathsBuilder {
+    use crm_plugins::{PluginSummary, Role, VersionInfo};
+    for (name, schema) in
+        [("PluginSummary", PluginSummary::schema()), ("VersionInfo", VersionInfo::schema()), ("PluginRole", Role::schema())]
+    {
+        schemas.push((name.into(), schema));
+    }
+    let name = || {
+        ParameterBuilder::new()
+            .name("name")
+            .parameter_in(ParameterIn::Path)
+            .required(utoipa::openapi::Required::True)
+            .schema(Some(String::schema()))
+    };
+    let summary = |what: &str| json_response(what, Ref::from_schema_name("PluginSummary"));
+    let get = |op: OperationBuilder| utoipa::openapi::PathItem::new(HttpMethod::Get, op);
+    let post = |op: OperationBuilder| utoipa::openapi::PathItem::new(HttpMethod::Post, op);
+    let component = RequestBodyBuilder::new()
+        .required(Some(utoipa::openapi::Required::True))
+        .description(Some("The component (.wasm), built for wasm32-wasip2 against a supported crm:rules version; at most 64 MiB"))
+        .content(
+            "application/wasm",
+            ContentBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))))
+                .build(),
+        )
+        .build();
+    let action = |verb: &str, summary_text: &str, id: &str| {
+        post(
+            operation("plugins", summary_text, id)
+                .parameter(name())
+                .response("200", summary(verb))
+                .response("404", problem("No such plugin"))
+                .response("409", problem("Not possible in the plugin's state (e.g. no previous version)"))
+                .response("422", problem("The stored component could not be loaded")),
+        )
+    };
+    paths
+        .path(
+            "/api/v1/plugins",
+            get(operation("plugins", "Rule plugins, their versions, state and roles", "plugins")
+                .response("200", json_response("Every plugin", ArrayBuilder::new().items(Ref::from_schema_name("PluginSummary"))))),
+        )
+        .path(
+            "/api/v1/plugins",
+            post(
+                operation("plugins", "Upload a plugin version; the world and WIT version it targets are checked", "plugin_upload")
+                    .parameters(Some(crate::plugins::UploadParams::into_params(|| Some(ParameterIn::Query))))
+                    .request_body(Some(component))
+                    .response("201", summary("The plugin, with the new version current"))
+                    .response("400", problem("Bad name, version or query parameter"))
+                    .response("409", problem("That version exists with other content"))
+                    .response("413", problem("The component is larger than 64 MiB"))
+                    .response("422", problem("The component was refused: wrong world, unsupported WIT version, forbidden imports")),
+            ),
+        )
+        .path(
+            "/api/v1/plugins/{name}",
+            get(operation("plugins", "A plugin", "plugin")
+                .parameter(name())
+                .response("200", summary("The plugin"))
+                .response("404", problem("No such plugin"))),
+        )
+        .path(
+            "/api/v1/plugins/{name}",
+            utoipa::openapi::PathItem::new(
+                HttpMethod::Delete,
+                operation("plugins", "Delete a plugin and its versions", "plugin_delete")
+                    .parameter(name())
+                    .response("204", ResponseBuilder::new().description("Deleted"))
+                    .response("404", problem("No such plugin"))
+                    .response("409", problem("It is the active plugin of a rule: activate another first")),
+            ),
+        )
+        .path(
+            "/api/v1/plugins/{name}/enable",
+            action("Enabled", "Enable a plugin and make it active for the rules it implements", "plugin_enable"),
+        )
+        .path(
+            "/api/v1/plugins/{name}/disable",
+            action("Disabled", "Disable a plugin (an active pricing plugin disabled stops order pricing)", "plugin_disable"),
+        )
+        .path("/api/v1/plugins/{name}/rollback", action("Rolled back", "Make the previous version current again", "plugin_rollback"))
+        .path(
+            "/api/v1/orders/quote",
+            post(
+                operation("orders", "Price a draft order with the active pricing plugin without saving it", "order_quote")
+                    .request_body(Some(json_body("OrderInput", true)))
+                    .response("200", json_response("The priced order (not stored)", Ref::from_schema_name("Order")))
+                    .response("422", problem("Invalid order, or the pricing rule refused it"))
+                    .response("503", problem("The pricing plugin failed, is disabled, or none is active")),
+            ),
+        )
 }
 
 /// Sign-in, tokens, `/me`, passwords, history and the audit trail.

@@ -9,7 +9,7 @@ use crate::extract::{Id, IfMatch, JsonBody, ListParams, etag, list_query, strict
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use crm_domain::access::{Action, Area, Scope};
@@ -47,6 +47,10 @@ pub(crate) trait ApiResource: Resource + Serialize + Clone + utoipa::ToSchema {
     const EDITABLE: bool = true;
     /// Whether deleted records can be restored.
     const RESTORABLE: bool = true;
+    /// Whether creating also takes `multipart/form-data` uploads (documented as such).
+    const UPLOADS: bool = false;
+    /// The sort of a listing that names none.
+    const DEFAULT_SORT: &'static str = "created_at";
 
     /// Validates input into data, looking up what it refers to. `current` is the record's data
     /// when the input replaces it (PUT, PATCH), absent on create.
@@ -54,6 +58,26 @@ pub(crate) trait ApiResource: Resource + Serialize + Clone + utoipa::ToSchema {
 
     /// The store filter for the parameters.
     fn filter(params: Self::FilterParams) -> <Self as crm_store::Resource>::Filter;
+
+    /// The handlers of the collection path (list and create).
+    fn collection() -> MethodRouter<AppState> {
+        get(list::<Self>).post(create::<Self>)
+    }
+
+    /// Takes what clients may send back but never set out of a client's document, before it is
+    /// typed. `current` is the record's data when the document replaces it (PUT, PATCH).
+    fn prepare(body: &mut Value, current: Option<&Self>) -> ApiResult<()> {
+        let _ = current;
+        strip_read_only(body, Self::READ_ONLY);
+        Ok(())
+    }
+
+    /// Refuses a record outside the principal's scope (for `Scope::Assigned`, one that is not
+    /// theirs). By default, records assigned to someone else or to nobody.
+    fn check_scope(ctx: &Ctx, scope: Scope, data: &Self) -> impl Future<Output = ApiResult<()>> + Send {
+        let checked = check_assigned(ctx, scope, data);
+        async move { checked }
+    }
 
     /// Creates a record from a client's JSON, already checked for assignment by the caller.
     /// Resources that keep secrets beside the record (users' passwords, API keys) override it.
@@ -94,8 +118,13 @@ pub(crate) trait ApiResource: Resource + Serialize + Clone + utoipa::ToSchema {
 
 /// The 201 answer for a new record, with its ETag and Location.
 pub(crate) fn created<R: ApiResource>(record: Record<R>) -> Response {
+    located(StatusCode::CREATED, record)
+}
+
+/// An answer carrying a record with its ETag and Location (201 Created, 202 Accepted).
+pub(crate) fn located<R: ApiResource>(status: StatusCode, record: Record<R>) -> Response {
     let location = format!("/api/v1/{}/{}", R::PATH, record.id);
-    let mut response = with_etag(StatusCode::CREATED, record);
+    let mut response = with_etag(status, record);
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
@@ -109,6 +138,31 @@ fn check_assigned<R: ApiResource>(ctx: &Ctx, scope: Scope, data: &R) -> ApiResul
             Err(ApiError::Forbidden(format!("this {} is not assigned to you", R::NAME)))
         }
         _ => Ok(()),
+    }
+}
+
+/// A live customer that a new record names at `pointer`: 422 when there is none or, for those
+/// who reach only their own customers, when it is not theirs (so its existence does not leak).
+pub(crate) async fn linkable_customer(ctx: &Ctx, scope: Scope, id: Uuid, pointer: &str) -> ApiResult<Record<Customer>> {
+    match ctx.store.get::<Customer>(id, false).await {
+        Ok(customer)
+            if scope == Scope::All || (customer.data.assigned_to.is_some() && customer.data.assigned_to == ctx.principal.user_id()) =>
+        {
+            Ok(customer)
+        }
+        Ok(_) => Err(ApiError::Invalid(crm_domain::Violations::one(pointer, format!("no customer {id} assigned to you")))),
+        Err(crm_store::StoreError::NotFound) => Err(ApiError::Invalid(crm_domain::Violations::one(pointer, format!("no customer {id}")))),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Whether `customer` exists (deleted or not) and is assigned to the principal.
+pub(crate) async fn customer_is_mine(ctx: &Ctx, customer: Option<Uuid>) -> ApiResult<bool> {
+    let (Some(customer), Some(user)) = (customer, ctx.principal.user_id()) else { return Ok(false) };
+    match ctx.store.get::<Customer>(customer, true).await {
+        Ok(found) => Ok(found.data.assigned_to == Some(user)),
+        Err(crm_store::StoreError::NotFound) => Ok(false),
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -152,8 +206,7 @@ fn check_assignment<R: ApiResource>(ctx: &Ctx, scope: Scope, current: Option<&R>
 pub(crate) fn routes<R: ApiResource>() -> Router<AppState> {
     let item = get(read::<R>).delete(delete::<R>);
     let item = if R::EDITABLE { item.put(replace::<R>).patch(patch::<R>) } else { item };
-    let router =
-        Router::new().route(&format!("/{}", R::PATH), get(list::<R>).post(create::<R>)).route(&format!("/{}/{{id}}", R::PATH), item);
+    let router = Router::new().route(&format!("/{}", R::PATH), R::collection()).route(&format!("/{}/{{id}}", R::PATH), item);
     if R::RESTORABLE { router.route(&format!("/{}/{{id}}/restore", R::PATH), post(restore::<R>)) } else { router }
 }
 
@@ -189,7 +242,7 @@ pub(crate) fn with_etag<R: Serialize>(status: StatusCode, record: Record<R>) -> 
     response
 }
 
-fn not_found<R: ApiResource>(err: crm_store::StoreError, id: Uuid) -> ApiError {
+pub(crate) fn not_found<R: ApiResource>(err: crm_store::StoreError, id: Uuid) -> ApiError {
     match err {
         crm_store::StoreError::NotFound => ApiError::NotFound(format!("no {} {id}", R::NAME)),
         other => other.into(),
@@ -201,7 +254,7 @@ pub(crate) async fn parse_body<R: ApiResource>(state: &AppState, mut body: Value
     if !body.is_object() {
         return Err(ApiError::Invalid(crm_domain::Violations::one("", format!("a {} must be a JSON object", R::NAME))));
     }
-    strip_read_only(&mut body, R::READ_ONLY);
+    R::prepare(&mut body, current)?;
     if let Some(pointer) = nul_character(&body, String::new()) {
         return Err(ApiError::Invalid(crm_domain::Violations::one(pointer, "must not contain the NUL character (U+0000)")));
     }
@@ -211,7 +264,7 @@ pub(crate) async fn parse_body<R: ApiResource>(state: &AppState, mut body: Value
 
 /// The JSON Pointer of the first string (or member name) holding U+0000, which no text column
 /// of PostgreSQL can store: refused up front so both backends answer alike.
-fn nul_character(value: &Value, at: String) -> Option<String> {
+pub(crate) fn nul_character(value: &Value, at: String) -> Option<String> {
     let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
     match value {
         Value::String(s) if s.contains('\0') => Some(at),
@@ -226,7 +279,7 @@ fn nul_character(value: &Value, at: String) -> Option<String> {
 
 /// The store query for a listing's parameters. Search terms are folded, and a term that reads
 /// as a phone number is reduced to the digits the index holds, read in the default region.
-fn list_request<F>(state: &AppState, params: ListParams, filter: F) -> ListQuery<F> {
+pub(crate) fn list_request<F>(state: &AppState, params: ListParams, filter: F, default_sort: &str) -> ListQuery<F> {
     let region = state.default_region;
     ListQuery {
         filter,
@@ -234,7 +287,7 @@ fn list_request<F>(state: &AppState, params: ListParams, filter: F) -> ListQuery
         created_from: params.created_from,
         created_to: params.created_to,
         include_deleted: params.include_deleted.unwrap_or(false),
-        sort: params.sort,
+        sort: params.sort.or_else(|| Some(default_sort.to_owned())),
         direction: params.direction.unwrap_or_default(),
         cursor: params.cursor,
         limit: params.limit,
@@ -258,7 +311,7 @@ pub(crate) async fn list<R: ApiResource>(
     if let (Scope::Assigned, Some(user)) = (scope, ctx.principal.user_id()) {
         R::restrict(&mut filter, user);
     }
-    let query = list_request(&state, params, filter);
+    let query = list_request(&state, params, filter, R::DEFAULT_SORT);
     Ok(Json(ctx.store.list::<R>(&query).await?))
 }
 
@@ -267,10 +320,10 @@ pub(crate) async fn create<R: ApiResource>(State(state): State<AppState>, ctx: C
 }
 
 /// Reads a record the principal may `action`, or the reason they may not.
-async fn readable<R: ApiResource>(ctx: &Ctx, id: Uuid, action: Action, include_deleted: bool) -> ApiResult<Record<R>> {
+pub(crate) async fn readable<R: ApiResource>(ctx: &Ctx, id: Uuid, action: Action, include_deleted: bool) -> ApiResult<Record<R>> {
     let scope = ctx.principal.require(R::AREA, action)?;
     let record = ctx.store.get::<R>(id, include_deleted).await.map_err(|e| not_found::<R>(e, id))?;
-    check_assigned(ctx, scope, &record.data)?;
+    R::check_scope(ctx, scope, &record.data).await?;
     Ok(record)
 }
 
@@ -459,7 +512,9 @@ impl ApiResource for Order {
             .into_iter()
             .map(|p| (p.id, ProductRef { name: p.data.name, price: p.data.price, currency: p.data.currency }))
             .collect();
-        Ok(input.parse(&refs)?)
+        let mut order = input.parse(&refs)?;
+        crate::plugins::price_order(state, &mut order, current).await?;
+        Ok(order)
     }
 
     fn filter(p: OrderParams) -> OrderFilter {
@@ -520,7 +575,7 @@ pub(crate) async fn customer_orders(
     if let (Scope::Assigned, Some(user)) = (scope, ctx.principal.user_id()) {
         Order::restrict(&mut filter, user);
     }
-    let query = list_request(&state, params, filter);
+    let query = list_request(&state, params, filter, Order::DEFAULT_SORT);
     Ok(Json(ctx.store.list::<Order>(&query).await?))
 }
 
@@ -533,7 +588,7 @@ pub(crate) async fn customer_history(ctx: Ctx, Id(id): Id, RawQuery(raw): RawQue
 }
 
 #[derive(Debug, Deserialize)]
-struct Paging {
-    cursor: Option<String>,
-    limit: Option<u32>,
+pub(crate) struct Paging {
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<u32>,
 }

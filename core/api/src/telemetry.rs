@@ -94,3 +94,24 @@ async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response 
     }
     next.run(request).await
 }
+
+/// The request's id (`x-request-id`, which the middleware always sets), for the commands the
+/// request puts on the bus.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) String);
+
+impl RequestId {
+    /// The trace of a bus message caused by this request: its id and a fresh W3C trace context.
+    pub(crate) fn trace(&self) -> crm_bus::Trace {
+        crm_bus::Trace::new(self.0.clone())
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let id = parts.headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(RequestId(id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())))
+    }
+}

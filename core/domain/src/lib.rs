@@ -15,9 +15,11 @@
 
 pub mod access;
 pub mod audit;
+pub mod comms;
 pub mod contact;
 pub mod customer;
 pub mod error;
+pub mod matching;
 pub mod money;
 pub mod order;
 pub mod product;

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 /// Fields of an order that clients may send back but the server computes.
-pub const READ_ONLY: &[&str] = &["/order_number", "/subtotal", "/discount_total", "/total", "/items/*/line_total"];
+pub const READ_ONLY: &[&str] =
+    &["/order_number", "/subtotal", "/discount_total", "/tax_total", "/total", "/items/*/line_total", "/pricing_notes", "/priced_by"];
 
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -182,38 +183,178 @@ pub enum PricingError {
     /// A line with no units or a negative price.
     #[error("line {0} needs a positive quantity and a non-negative unit price")]
     BadLine(usize),
+    /// A line's own discount is out of range or larger than the line.
+    #[error("the discount of line {0} must be between 0 and 100 percent, or an amount between 0 and the line's total")]
+    BadLineDiscount(usize),
+    /// A tax rate outside 0..=100 percent (`None`: the order's rate, `Some(i)`: line `i`'s).
+    #[error("a tax rate must be between 0 and 100 percent")]
+    TaxRateOutOfRange(Option<usize>),
 }
 
 /// Prices an order: subtotal is the sum of quantity × unit price; a percentage discount is
 /// taken on the subtotal and rounded half away from zero to the minor unit; a fixed discount may
-/// not exceed the subtotal. Pure and exact: integer arithmetic only.
+/// not exceed the subtotal. Pure and exact: integer arithmetic only. [`quote`] is the general
+/// form with per-line discounts and tax; this is it without them.
 pub fn price(lines: &[Line], discount: Option<&Discount>) -> Result<Totals, PricingError> {
+    let lines: Vec<QuoteLine> =
+        lines.iter().map(|l| QuoteLine { quantity: l.quantity, unit_price: l.unit_price, discount: None, tax_rate: None }).collect();
+    let q = quote(&lines, discount, None)?;
+    Ok(Totals { subtotal: q.subtotal, discount: q.discount, total: q.subtotal.checked_sub(q.discount)? })
+}
+
+/// A line as [`quote`] takes it: units, unit price, its own discount and tax rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuoteLine {
+    /// Units, at least 1.
+    pub quantity: i64,
+    /// Price per unit, not negative.
+    pub unit_price: Money,
+    /// A discount on this line alone, taken before the order's.
+    pub discount: Option<Discount>,
+    /// The line's tax rate in percent; the order's rate when absent.
+    pub tax_rate: Option<Hundredths>,
+}
+
+/// How [`quote`] priced one line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LineQuote {
+    /// quantity × unit price.
+    pub gross: Money,
+    /// Taken off by the line's own discount.
+    pub discount: Money,
+    /// `gross − discount`: the line's total.
+    pub net: Money,
+    /// Tax on `net` less the line's share of the order discount.
+    pub tax: Money,
+}
+
+/// A priced order: per line and in all, with explanation lines for the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quote {
+    /// One entry per line, in order.
+    pub lines: Vec<LineQuote>,
+    /// Sum of the lines' net amounts.
+    pub subtotal: Money,
+    /// Taken off by the order discount.
+    pub discount: Money,
+    /// Sum of the lines' tax.
+    pub tax: Money,
+    /// `subtotal − discount + tax`.
+    pub total: Money,
+    /// What was applied, in words (discounts and tax; nothing for a plain order).
+    pub explanation: Vec<String>,
+}
+
+/// The amount a discount takes off `base`, or `None` when the discount is out of range
+/// (a percentage outside 0..=100, a negative amount, or an amount larger than `base`).
+fn discount_amount(discount: &Discount, base: Money) -> Result<Option<Money>, Overflow> {
+    Ok(match discount {
+        Discount::Percentage { value, .. } if (0..=10_000).contains(&value.hundredths()) => Some(base.percent_of(*value)?),
+        Discount::Fixed { value, .. } if value.minor() >= 0 && *value <= base => Some(*value),
+        _ => None,
+    })
+}
+
+fn describe(discount: &Discount) -> String {
+    let (what, reason) = match discount {
+        Discount::Percentage { value, reason } => (format!("{value} %"), reason),
+        Discount::Fixed { value, reason } => (value.to_string(), reason),
+    };
+    match reason {
+        Some(reason) => format!("{what} ({reason})"),
+        None => what,
+    }
+}
+
+/// Prices an order in full. Each line is quantity × unit price less its own discount (a
+/// percentage of the line rounded half away from zero, or a fixed amount at most the line);
+/// the subtotal is the sum of the lines; the order discount is taken on the subtotal (a fixed
+/// one may not exceed it). Tax is charged per line at the line's rate (else `tax_rate`, else
+/// none) on the line's net less its share of the order discount — shared in proportion to the
+/// lines' net amounts, the cents left over going to the largest remainders, earlier lines
+/// first — and rounded half away from zero. Total = subtotal − discount + tax. Pure and exact.
+pub fn quote(lines: &[QuoteLine], discount: Option<&Discount>, tax_rate: Option<Hundredths>) -> Result<Quote, PricingError> {
+    let rate_ok = |rate: Hundredths| (0..=10_000).contains(&rate.hundredths());
+    if tax_rate.is_some_and(|r| !rate_ok(r)) {
+        return Err(PricingError::TaxRateOutOfRange(None));
+    }
+    let mut explanation = Vec::new();
+    let mut priced = Vec::with_capacity(lines.len());
     let mut subtotal = Money::ZERO;
     for (i, line) in lines.iter().enumerate() {
         if line.quantity < 1 || line.unit_price.minor() < 0 {
             return Err(PricingError::BadLine(i));
         }
-        subtotal = subtotal.checked_add(line.unit_price.checked_mul(line.quantity)?)?;
-    }
-    let discount = match discount {
-        None => Money::ZERO,
-        Some(Discount::Percentage { value, .. }) => {
-            if !(0..=10_000).contains(&value.hundredths()) {
-                return Err(PricingError::DiscountOutOfRange);
-            }
-            subtotal.percent_of(*value)?
+        if line.tax_rate.is_some_and(|r| !rate_ok(r)) {
+            return Err(PricingError::TaxRateOutOfRange(Some(i)));
         }
-        Some(Discount::Fixed { value, .. }) => {
-            if value.minor() < 0 {
-                return Err(PricingError::DiscountOutOfRange);
+        let gross = line.unit_price.checked_mul(line.quantity)?;
+        let discount = match &line.discount {
+            None => Money::ZERO,
+            Some(d) => {
+                let amount = discount_amount(d, gross)?.ok_or(PricingError::BadLineDiscount(i))?;
+                explanation.push(format!("line {}: discount {} = -{amount}", i + 1, describe(d)));
+                amount
             }
-            if *value > subtotal {
-                return Err(PricingError::DiscountExceedsSubtotal { discount: *value, subtotal });
-            }
-            *value
+        };
+        let net = gross.checked_sub(discount)?;
+        subtotal = subtotal.checked_add(net)?;
+        priced.push(LineQuote { gross, discount, net, tax: Money::ZERO });
+    }
+    let order_discount = match discount {
+        None => Money::ZERO,
+        Some(d) => {
+            let amount = match discount_amount(d, subtotal)? {
+                Some(amount) => amount,
+                None => match d {
+                    Discount::Fixed { value, .. } if value.minor() >= 0 => {
+                        return Err(PricingError::DiscountExceedsSubtotal { discount: *value, subtotal });
+                    }
+                    _ => return Err(PricingError::DiscountOutOfRange),
+                },
+            };
+            explanation.push(format!("order discount {} = -{amount}", describe(d)));
+            amount
         }
     };
-    Ok(Totals { subtotal, discount, total: subtotal.checked_sub(discount)? })
+    let shares = share(order_discount, &priced);
+    let mut tax = Money::ZERO;
+    for (i, (line, share)) in priced.iter_mut().zip(shares).enumerate() {
+        let Some(rate) = lines[i].tax_rate.or(tax_rate) else { continue };
+        let base = line.net.checked_sub(share)?;
+        line.tax = base.percent_of(rate)?;
+        if rate.hundredths() != 0 {
+            explanation.push(format!("line {}: tax {rate} % on {base} = {}", i + 1, line.tax));
+        }
+        tax = tax.checked_add(line.tax)?;
+    }
+    let total = subtotal.checked_sub(order_discount)?.checked_add(tax)?;
+    Ok(Quote { lines: priced, subtotal, discount: order_discount, tax, total, explanation })
+}
+
+/// Splits `amount` over the lines in proportion to their net amounts, exactly: each line gets
+/// the floor of its share, and the cents left over go one each to the largest remainders
+/// (earlier lines first on a tie).
+fn share(amount: Money, lines: &[LineQuote]) -> Vec<Money> {
+    let total: i128 = lines.iter().map(|l| i128::from(l.net.minor())).sum();
+    if total == 0 || amount == Money::ZERO {
+        return vec![Money::ZERO; lines.len()];
+    }
+    let amount = i128::from(amount.minor());
+    let mut parts: Vec<(i128, i128)> =
+        lines.iter().map(|l| (amount * i128::from(l.net.minor()) / total, amount * i128::from(l.net.minor()) % total)).collect();
+    let mut left = amount - parts.iter().map(|(q, _)| q).sum::<i128>();
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by(|a, b| parts[*b].1.cmp(&parts[*a].1).then(a.cmp(b)));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        parts[i].0 += 1;
+        left -= 1;
+    }
+    // Each share is at most the amount, which fits in an i64.
+    parts.into_iter().map(|(q, _)| Money::from_minor(i64::try_from(q).unwrap_or(i64::MAX))).collect()
 }
 
 /// Shipping details.
@@ -261,7 +402,13 @@ pub struct OrderItem {
     pub unit_price: Money,
     /// Serial numbers of the units delivered.
     pub serial_numbers: Vec<String>,
-    /// quantity × unit_price (read-only).
+    /// A discount on this line alone, taken before the order's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discount: Option<Discount>,
+    /// The line's tax rate in percent (two decimals); the order's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax_rate: Option<Hundredths>,
+    /// quantity × unit_price less the line's discount (read-only).
     pub line_total: Money,
 }
 
@@ -290,6 +437,12 @@ pub struct OrderItemInput {
     /// Serial numbers.
     #[serde(default)]
     pub serial_numbers: Vec<String>,
+    /// A discount on this line alone.
+    #[serde(default)]
+    pub discount: Option<Discount>,
+    /// The line's tax rate in percent; the order's when absent.
+    #[serde(default)]
+    pub tax_rate: Option<Hundredths>,
 }
 
 /// An order as the store keeps it and the API returns it.
@@ -308,10 +461,22 @@ pub struct Order {
     pub discount: Option<Discount>,
     /// Sum of line totals (read-only).
     pub subtotal: Money,
-    /// Amount taken off (read-only).
+    /// Amount taken off by the order discount (read-only).
     pub discount_total: Money,
-    /// subtotal − discount (read-only).
+    /// Tax rate in percent of lines without their own; no tax when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax_rate: Option<Hundredths>,
+    /// Sum of the lines' tax (read-only).
+    #[serde(default)]
+    pub tax_total: Money,
+    /// subtotal − discount + tax (read-only).
     pub total: Money,
+    /// What the pricing rule applied, in words (read-only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pricing_notes: Vec<String>,
+    /// The pricing plugin that priced the order, when one did (read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priced_by: Option<PricedBy>,
     /// Currency of every amount.
     pub currency: Currency,
     /// Shipping.
@@ -345,6 +510,9 @@ pub struct OrderInput {
     /// Discount.
     #[serde(default)]
     pub discount: Option<Discount>,
+    /// Tax rate in percent of lines without their own; no tax when absent.
+    #[serde(default)]
+    pub tax_rate: Option<Hundredths>,
     /// Currency, EUR when absent.
     #[serde(default)]
     pub currency: Option<Currency>,
@@ -363,6 +531,17 @@ pub struct OrderInput {
     /// Responsible user.
     #[serde(default)]
     pub assigned_to: Option<Uuid>,
+}
+
+/// The rule that priced an order: a plugin's name, version and the SHA-256 of its component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PricedBy {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Its version.
+    pub version: String,
+    /// SHA-256 of the component, hex.
+    pub hash: String,
 }
 
 /// What an order line needs to know about its product.
@@ -410,6 +589,9 @@ impl OrderInput {
             }
             errors.check("/discount/reason", optional_text(reason.as_deref().unwrap_or(""), 500));
         }
+        if self.tax_rate.is_some_and(|r| !(0..=10_000).contains(&r.hundredths())) {
+            errors.push("/tax_rate", "must be between 0 and 100");
+        }
         let invoice_path = errors.check("/invoice_path", optional_text(self.invoice_path.as_deref().unwrap_or(""), 1_000)).flatten();
         let notes = errors.check("/notes", optional_text(self.notes.as_deref().unwrap_or(""), 20_000)).flatten();
         let mut order = Order {
@@ -420,7 +602,11 @@ impl OrderInput {
             discount: self.discount,
             subtotal: Money::ZERO,
             discount_total: Money::ZERO,
+            tax_rate: self.tax_rate,
+            tax_total: Money::ZERO,
             total: Money::ZERO,
+            pricing_notes: Vec::new(),
+            priced_by: None,
             currency,
             shipping: self.shipping.unwrap_or_default(),
             payment_status: self.payment_status.unwrap_or_default(),
@@ -431,12 +617,7 @@ impl OrderInput {
         if errors.is_empty()
             && let Err(err) = order.reprice()
         {
-            let pointer = match err {
-                PricingError::DiscountExceedsSubtotal { .. } | PricingError::DiscountOutOfRange => "/discount/value".to_owned(),
-                PricingError::BadLine(i) => format!("/items/{i}"),
-                PricingError::Overflow(_) => "/items".to_owned(),
-            };
-            errors.push(pointer, err.to_string());
+            errors.push(err.pointer(), err.to_string());
         }
         errors.finish(|| order)
     }
@@ -489,6 +670,19 @@ fn parse_item(
     if unit_price.minor() < 0 {
         errors.push(format!("{at}/unit_price"), "must not be negative");
     }
+    if let Some(discount) = &input.discount {
+        let (ok, reason) = match discount {
+            Discount::Percentage { value, reason } => ((0..=10_000).contains(&value.hundredths()), reason),
+            Discount::Fixed { value, reason } => (value.minor() >= 0, reason),
+        };
+        if !ok {
+            errors.push(format!("{at}/discount/value"), "a percentage must be between 0 and 100, an amount must not be negative");
+        }
+        errors.check(format!("{at}/discount/reason"), optional_text(reason.as_deref().unwrap_or(""), 500));
+    }
+    if input.tax_rate.is_some_and(|r| !(0..=10_000).contains(&r.hundredths())) {
+        errors.push(format!("{at}/tax_rate"), "must be between 0 and 100");
+    }
     let product_name = match input.product_name {
         Some(name) => errors.check(format!("{at}/product_name"), optional_text(&name, 200)).flatten(),
         None => product.map(|p| p.name.clone()),
@@ -507,8 +701,24 @@ fn parse_item(
         quantity,
         unit_price,
         serial_numbers,
+        discount: input.discount,
+        tax_rate: input.tax_rate,
         line_total: Money::ZERO,
     })
+}
+
+impl PricingError {
+    /// The JSON Pointer of the order field the error concerns.
+    pub fn pointer(&self) -> String {
+        match self {
+            PricingError::DiscountExceedsSubtotal { .. } | PricingError::DiscountOutOfRange => "/discount/value".to_owned(),
+            PricingError::BadLine(i) => format!("/items/{i}"),
+            PricingError::BadLineDiscount(i) => format!("/items/{i}/discount/value"),
+            PricingError::TaxRateOutOfRange(None) => "/tax_rate".to_owned(),
+            PricingError::TaxRateOutOfRange(Some(i)) => format!("/items/{i}/tax_rate"),
+            PricingError::Overflow(_) => "/items".to_owned(),
+        }
+    }
 }
 
 /// A change to an order that its status does not allow.
@@ -523,17 +733,34 @@ pub enum UpdateRefused {
 }
 
 impl Order {
-    /// Recomputes line totals, subtotal, discount and total.
+    /// Recomputes line totals, subtotal, discount, tax and total with the built-in rule
+    /// ([`quote`]).
     pub fn reprice(&mut self) -> Result<(), PricingError> {
-        let lines: Vec<Line> = self.items.iter().map(|i| Line { quantity: i.quantity, unit_price: i.unit_price }).collect();
-        let totals = price(&lines, self.discount.as_ref())?;
-        for item in &mut self.items {
-            item.line_total = item.unit_price.checked_mul(item.quantity)?;
-        }
-        self.subtotal = totals.subtotal;
-        self.discount_total = totals.discount;
-        self.total = totals.total;
+        let quote = quote(&self.quote_lines(), self.discount.as_ref(), self.tax_rate)?;
+        self.apply_quote(&quote, None);
         Ok(())
+    }
+
+    /// The lines as a pricing rule takes them.
+    pub fn quote_lines(&self) -> Vec<QuoteLine> {
+        self.items
+            .iter()
+            .map(|i| QuoteLine { quantity: i.quantity, unit_price: i.unit_price, discount: i.discount.clone(), tax_rate: i.tax_rate })
+            .collect()
+    }
+
+    /// Takes the amounts of a quote (one [`LineQuote`] per item, as [`quote`] returns) and
+    /// records who priced the order.
+    pub fn apply_quote(&mut self, quote: &Quote, priced_by: Option<PricedBy>) {
+        for (item, line) in self.items.iter_mut().zip(&quote.lines) {
+            item.line_total = line.net;
+        }
+        self.subtotal = quote.subtotal;
+        self.discount_total = quote.discount;
+        self.tax_total = quote.tax;
+        self.total = quote.total;
+        self.pricing_notes = quote.explanation.clone();
+        self.priced_by = priced_by;
     }
 
     /// Units per product over all product lines.
@@ -566,6 +793,9 @@ impl Order {
             }
             if next.currency != self.currency {
                 return Err(UpdateRefused::Frozen("the currency"));
+            }
+            if next.tax_rate != self.tax_rate {
+                return Err(UpdateRefused::Frozen("the tax rate"));
             }
         }
         if next.status == OrderStatus::Shipped && self.status != OrderStatus::Shipped && next.shipping.shipped_at.is_none() {
@@ -635,6 +865,45 @@ mod tests {
         assert!(matches!(price(&[line(2, i64::MAX)], None), Err(PricingError::Overflow(_))));
         assert_eq!(price(&[line(1, 100)], Some(&pct("100.01"))), Err(PricingError::DiscountOutOfRange));
         assert_eq!(price(&[], None).unwrap().total, Money::ZERO);
+    }
+
+    fn qline(quantity: i64, unit_price: i64, discount: Option<Discount>, tax: Option<&str>) -> QuoteLine {
+        QuoteLine { quantity, unit_price: Money::from_minor(unit_price), discount, tax_rate: tax.map(|t| Hundredths::parse(t).unwrap()) }
+    }
+
+    #[test]
+    fn quotes_take_line_discounts_then_the_order_discount_then_tax() {
+        let fixed = |v| Discount::Fixed { value: Money::from_minor(v), reason: None };
+        // line 1: 2 × 100.00 − 10 % = 180.00; line 2: 1 × 50.00 − 5.00 = 45.00 → 225.00
+        let lines = [qline(2, 10_000, Some(pct("10")), None), qline(1, 5_000, Some(fixed(500)), Some("13"))];
+        let q = quote(&lines, Some(&fixed(2_500)), Some(Hundredths::parse("24").unwrap())).unwrap();
+        assert_eq!(
+            q.lines[0],
+            LineQuote {
+                gross: Money::from_minor(20_000),
+                discount: Money::from_minor(2_000),
+                net: Money::from_minor(18_000),
+                tax: Money::from_minor(3_840)
+            }
+        );
+        // the 25.00 order discount is shared 20.00 / 5.00; tax 24 % of 160.00, 13 % of 40.00
+        assert_eq!(q.lines[1].tax, Money::from_minor(520));
+        assert_eq!((q.subtotal.minor(), q.discount.minor(), q.tax.minor(), q.total.minor()), (22_500, 2_500, 4_360, 24_360));
+        assert_eq!(q.explanation.len(), 5, "{:?}", q.explanation);
+        assert_eq!(quote(&[qline(1, 100, Some(fixed(101)), None)], None, None), Err(PricingError::BadLineDiscount(0)));
+        assert_eq!(quote(&[qline(1, 100, None, Some("100.01"))], None, None), Err(PricingError::TaxRateOutOfRange(Some(0))));
+        assert_eq!(quote(&[], None, Some(Hundredths::from_hundredths(-1))), Err(PricingError::TaxRateOutOfRange(None)));
+    }
+
+    #[test]
+    fn plain_quotes_agree_with_price() {
+        let lines = [line(3, 3_335), line(1, 1)];
+        let q =
+            quote(&lines.iter().map(|l| qline(l.quantity, l.unit_price.minor(), None, None)).collect::<Vec<_>>(), Some(&pct("10")), None)
+                .unwrap();
+        let t = price(&lines, Some(&pct("10"))).unwrap();
+        assert_eq!((q.subtotal, q.discount, q.total, q.tax), (t.subtotal, t.discount, t.total, Money::ZERO));
+        assert_eq!(q.explanation, ["order discount 10 % = -10.01"]);
     }
 
     #[test]
@@ -748,6 +1017,17 @@ mod tests {
             prop_assert_eq!(i128::from(t.subtotal.minor()), exact);
             prop_assert!(t.discount <= t.subtotal && t.discount.minor() >= 0);
             prop_assert_eq!(t.total.minor(), t.subtotal.minor() - t.discount.minor());
+        }
+
+        /// The order discount is shared out exactly: the taxable bases add up to subtotal −
+        /// discount, so a single tax rate over all lines is never off by more than a cent a line.
+        #[test]
+        fn discount_shares_add_up(lines in prop::collection::vec((1i64..100, 0i64..1_000_000), 1..10), bps in 0i64..=10_000) {
+            let lines: Vec<QuoteLine> = lines.into_iter().map(|(q, p)| qline(q, p, None, Some("100"))).collect();
+            let discount = Discount::Percentage { value: Hundredths::from_hundredths(bps), reason: None };
+            let q = quote(&lines, Some(&discount), None).unwrap();
+            prop_assert_eq!(q.tax.minor(), q.subtotal.minor() - q.discount.minor());
+            prop_assert_eq!(q.total.minor(), 2 * (q.subtotal.minor() - q.discount.minor()));
         }
     }
 }

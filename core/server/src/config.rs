@@ -8,7 +8,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +55,37 @@ pub struct Settings {
     /// Password of that first admin.
     #[serde(serialize_with = "serialize_secret_option")]
     pub admin_password: Option<SecretString>,
+    /// RabbitMQ URL (`amqp://user:password@host:5672/vhost`); without one the bus runs in
+    /// process.
+    #[serde(serialize_with = "serialize_url_option")]
+    pub amqp_url: Option<SecretString>,
+    /// Prefix of the bus's exchange and queue names.
+    pub bus_prefix: String,
+    /// Connectors run as tasks inside `crm serve` (on either bus): `files-local`, `email` (which
+    /// reads its own settings from `email.toml` / `CRM_CONNECTOR_EMAIL_*`).
+    pub embedded_connectors: Vec<String>,
+    /// Where the local files connector keeps files.
+    pub files_dir: PathBuf,
+    /// The largest file (upload or attachment) the core passes to the file store, in bytes.
+    pub files_max_bytes: u64,
+    /// The rule plugins' data directory: registry state, component blobs, compiled artifacts
+    /// (`cache/`) and components to register at start (`autoload/`).
+    pub plugins_dir: PathBuf,
+    /// Fuel (about one unit per WebAssembly instruction) a plugin call may burn: its deadline.
+    pub plugins_fuel_per_call: u64,
+    /// The largest memory a plugin instance may grow to, in bytes.
+    pub plugins_memory_limit_bytes: u64,
+    /// Failures in a row after which a plugin is disabled.
+    pub plugins_max_consecutive_failures: u32,
+    /// Refuse plugins that import `wasi:filesystem` or `wasi:sockets` (otherwise contained).
+    pub plugins_deny_io_imports: bool,
+}
+
+fn serialize_url_option<S: serde::Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(url) => s.serialize_str(&crm_bus::redact_url(url.expose_secret())),
+        None => s.serialize_none(),
+    }
 }
 
 fn serialize_secret_option<S: serde::Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -85,6 +116,16 @@ impl Default for Settings {
             cors_origins: Vec::new(),
             admin_email: None,
             admin_password: None,
+            amqp_url: None,
+            bus_prefix: "crm".into(),
+            embedded_connectors: vec!["files-local".into()],
+            files_dir: PathBuf::from("./data/files"),
+            files_max_bytes: 25 * 1024 * 1024,
+            plugins_dir: PathBuf::from("./data/plugins"),
+            plugins_fuel_per_call: crm_plugins::HostConfig::default().fuel_per_call,
+            plugins_memory_limit_bytes: crm_plugins::HostConfig::default().memory_limit_bytes,
+            plugins_max_consecutive_failures: crm_plugins::HostConfig::default().max_consecutive_failures,
+            plugins_deny_io_imports: false,
         }
     }
 }
@@ -106,9 +147,22 @@ impl std::fmt::Debug for Settings {
             .field("cors_origins", &self.cors_origins)
             .field("admin_email", &self.admin_email)
             .field("admin_password", &self.admin_password.as_ref().map(|_| "***"))
+            .field("amqp_url", &self.amqp_url.as_ref().map(|u| crm_bus::redact_url(u.expose_secret())))
+            .field("bus_prefix", &self.bus_prefix)
+            .field("embedded_connectors", &self.embedded_connectors)
+            .field("files_dir", &self.files_dir)
+            .field("files_max_bytes", &self.files_max_bytes)
+            .field("plugins_dir", &self.plugins_dir)
+            .field("plugins_fuel_per_call", &self.plugins_fuel_per_call)
+            .field("plugins_memory_limit_bytes", &self.plugins_memory_limit_bytes)
+            .field("plugins_max_consecutive_failures", &self.plugins_max_consecutive_failures)
+            .field("plugins_deny_io_imports", &self.plugins_deny_io_imports)
             .finish()
     }
 }
+
+/// Connectors `crm serve` can run as tasks.
+pub const EMBEDDABLE_CONNECTORS: &[&str] = &["files-local", "email"];
 
 impl Settings {
     /// Loads defaults, then `file` (required if given, else `crm.toml` when present), then the
@@ -137,12 +191,25 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         crm_domain::contact::Region::parse(&self.default_region).map_err(anyhow::Error::msg).context("default_region")?;
         crm_store::StoreConfig::from_url(self.database_url.expose_secret()).backend().context("database_url")?;
+        if self.files_max_bytes == 0 {
+            bail!("files_max_bytes must be at least 1");
+        }
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");
         }
         if self.auth_access_token_minutes == 0 || self.auth_refresh_token_days == 0 {
             bail!("auth_access_token_minutes and auth_refresh_token_days must be at least 1");
         }
+        if let Some(name) = self.embedded_connectors.iter().find(|n| !EMBEDDABLE_CONNECTORS.contains(&n.as_str())) {
+            bail!(
+                "embedded_connectors: `{name}` is not a connector that runs inside crm serve (known: {})",
+                EMBEDDABLE_CONNECTORS.join(", ")
+            );
+        }
+        if self.bus_prefix.is_empty() || !self.bus_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            bail!("bus_prefix must be letters, digits, `-` or `_`");
+        }
+        self.plugin_host().validate().map_err(anyhow::Error::msg).context("plugins")?;
         if self.admin_email.is_some() != self.admin_password.is_some() {
             bail!("set both admin_email and admin_password (CRM_ADMIN_EMAIL, CRM_ADMIN_PASSWORD), or neither");
         }
@@ -161,7 +228,27 @@ impl Settings {
                 ..crm_api::AuthConfig::default()
             },
             cors_origins: self.cors_origins.clone(),
+            max_upload_bytes: usize::try_from(self.files_max_bytes).unwrap_or(usize::MAX),
+            ..crm_api::ApiConfig::default()
         })
+    }
+
+    /// How plugins run.
+    pub fn plugin_host(&self) -> crm_plugins::HostConfig {
+        crm_plugins::HostConfig {
+            fuel_per_call: self.plugins_fuel_per_call,
+            memory_limit_bytes: self.plugins_memory_limit_bytes,
+            max_consecutive_failures: self.plugins_max_consecutive_failures,
+            deny_io_imports: self.plugins_deny_io_imports,
+            default_region: self.default_region.clone(),
+            cache_dir: Some(self.plugins_dir.join("cache")),
+            ..crm_plugins::HostConfig::default()
+        }
+    }
+
+    /// The plugin registry's configuration (with the default plugins).
+    pub fn plugin_registry(&self) -> crm_plugins::RegistryConfig {
+        crm_plugins::RegistryConfig { dir: self.plugins_dir.clone(), host: self.plugin_host(), install_defaults: true }
     }
 
     /// The store configuration.
@@ -205,6 +292,15 @@ struct SettingsDefaults {
     auth_argon2_memory_kib: u32,
     auth_argon2_iterations: u32,
     cors_origins: Vec<String>,
+    bus_prefix: String,
+    embedded_connectors: Vec<String>,
+    files_dir: PathBuf,
+    files_max_bytes: u64,
+    plugins_dir: PathBuf,
+    plugins_fuel_per_call: u64,
+    plugins_memory_limit_bytes: u64,
+    plugins_max_consecutive_failures: u32,
+    plugins_deny_io_imports: bool,
 }
 
 impl Default for SettingsDefaults {
@@ -223,6 +319,15 @@ impl Default for SettingsDefaults {
             auth_argon2_memory_kib: d.auth_argon2_memory_kib,
             auth_argon2_iterations: d.auth_argon2_iterations,
             cors_origins: d.cors_origins,
+            bus_prefix: d.bus_prefix,
+            embedded_connectors: d.embedded_connectors,
+            files_dir: d.files_dir,
+            files_max_bytes: d.files_max_bytes,
+            plugins_dir: d.plugins_dir,
+            plugins_fuel_per_call: d.plugins_fuel_per_call,
+            plugins_memory_limit_bytes: d.plugins_memory_limit_bytes,
+            plugins_max_consecutive_failures: d.plugins_max_consecutive_failures,
+            plugins_deny_io_imports: d.plugins_deny_io_imports,
         }
     }
 }

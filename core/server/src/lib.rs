@@ -2,13 +2,19 @@
 //! binary is a thin shell over this library so tests can run the same code paths.
 
 pub mod config;
+pub mod plugin_cli;
 pub mod telemetry;
 pub mod users;
 
 use anyhow::Context;
 use config::Settings;
+use crm_bus::{Bus, BusConfig};
+use crm_hub::{Hub, HubConfig};
 use crm_store::Store;
 use secrecy::ExposeSecret;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Opens the store the settings name and applies pending migrations.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
@@ -17,6 +23,22 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     store.migrate().await.with_context(|| format!("cannot migrate the database at {url}"))?;
     tracing::info!(database = %url, backend = ?store.backend(), "database ready");
     Ok(store)
+}
+
+/// Opens the plugin registry in `plugins_dir`, installing the built-in default plugins; loads
+/// (compiling once, then from the artifact cache) every registered plugin.
+pub async fn open_plugins(settings: &Settings) -> anyhow::Result<Arc<crm_plugins::Registry>> {
+    let config = settings.plugin_registry();
+    let dir = config.dir.clone();
+    let registry = tokio::task::spawn_blocking(move || crm_plugins::Registry::open(config))
+        .await
+        .context("plugin loading panicked")?
+        .with_context(|| format!("cannot open the plugin registry in {}", dir.display()))?;
+    for plugin in registry.list() {
+        tracing::info!(plugin = %plugin.name, version = %plugin.current.version, hash = %plugin.current.hash,
+            enabled = plugin.enabled, active_for = ?plugin.active_for, "plugin loaded");
+    }
+    Ok(Arc::new(registry))
 }
 
 /// Creates the first admin from `admin_email` / `admin_password` when there are no users yet.
@@ -51,19 +73,102 @@ pub async fn ensure_first_admin(store: &Store, settings: &Settings, state: &crm_
     Ok(())
 }
 
-/// Serves the API until SIGINT or SIGTERM, then finishes in-flight requests.
+/// Connects the bus the settings name: RabbitMQ when `amqp_url` is set, else in process.
+pub async fn connect_bus(settings: &Settings) -> anyhow::Result<Bus> {
+    let config = BusConfig { prefix: settings.bus_prefix.clone(), ..BusConfig::default() };
+    match &settings.amqp_url {
+        None => Ok(Bus::in_process(config)),
+        Some(url) => {
+            let shown = crm_bus::redact_url(url.expose_secret());
+            let bus = Bus::connect(url.expose_secret(), config).await.with_context(|| format!("cannot connect to RabbitMQ at {shown}"))?;
+            tracing::info!(broker = %shown, "bus connected");
+            Ok(bus)
+        }
+    }
+}
+
+/// Starts the connectors configured to run inside `crm serve`.
+fn start_embedded_connectors(
+    settings: &Settings,
+    bus: &Bus,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let mut tasks = Vec::new();
+    for name in &settings.embedded_connectors {
+        match name.as_str() {
+            "files-local" => {
+                let config = crm_connector_files_local::FilesLocalConfig {
+                    data_dir: settings.files_dir.clone(),
+                    max_file_bytes: settings.files_max_bytes,
+                };
+                let connector = crm_connector_files_local::FilesLocal::new(config).context("files-local connector")?;
+                tracing::info!(data_dir = %connector.data_dir().display(), "files-local connector runs inside the server");
+                tasks.push(crm_connector::spawn(connector, bus.clone(), shutdown.child_token()));
+            }
+            "email" => {
+                // Read like the connector's own process reads it: `email.toml` or
+                // `CRM_CONNECTOR_EMAIL_*` (accounts, SMTP, domain).
+                let (_, config) =
+                    crm_connector::config::load::<crm_connector_email::EmailConfig>("email", None).context("email connector")?;
+                let connector = crm_connector_email::Email::new(config).context("email connector")?;
+                tracing::info!("email connector runs inside the server");
+                tasks.push(crm_connector::spawn(connector, bus.clone(), shutdown.child_token()));
+            }
+            other => anyhow::bail!("`{other}` cannot run inside crm serve"),
+        }
+    }
+    Ok(tasks)
+}
+
+/// The hub's settings.
+fn hub_config(settings: &Settings) -> anyhow::Result<HubConfig> {
+    let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    Ok(HubConfig {
+        source: format!("/crm/core/{instance}-{}", std::process::id()),
+        region: crm_domain::contact::Region::parse(&settings.default_region).map_err(anyhow::Error::msg)?,
+        attachment_cap: settings.files_max_bytes,
+        ..HubConfig::default()
+    })
+}
+
+/// Serves the API until SIGINT or SIGTERM, then finishes in-flight requests, lets the
+/// connectors and the hub finish what they hold, and closes the bus and the store.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
-    let state = crm_api::AppState::new(store.clone(), settings.api()?).await.map_err(anyhow::Error::msg)?;
+    let bus = connect_bus(&settings).await?;
+    let wakeup = Arc::new(Notify::new());
+    let plugins = open_plugins(&settings).await?;
+    let state = crm_api::AppState::new(store.clone(), settings.api()?)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .with_bus(bus.clone())
+        .with_relay_wakeup(wakeup.clone())
+        .with_plugins(plugins.clone());
     ensure_first_admin(&store, &settings, &state).await?;
+    // The active matcher plugin decides; without one (or when it fails) the built-in rules do.
+    let region = crm_domain::contact::Region::parse(&settings.default_region).map_err(anyhow::Error::msg)?;
+    let matcher: Arc<dyn crm_hub::Matcher> = Arc::new(crm_plugins::Matcher::new(plugins, region));
+    let hub = Hub::start(store.clone(), bus.clone(), matcher, hub_config(&settings)?, wakeup).await.context("cannot start the hub")?;
+    let connectors_stop = CancellationToken::new();
+    let connectors = start_embedded_connectors(&settings, &bus, &connectors_stop)?;
     let app = crm_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let listener =
         tokio::net::TcpListener::bind(settings.listen_addr).await.with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
-    tracing::info!(address = %listener.local_addr()?, "crm-hub API listening; docs at /api/docs");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("server failed")?;
+    tracing::info!(address = %listener.local_addr()?, transport = bus.transport(), "crm-hub API listening; docs at /api/docs");
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("server failed");
+    connectors_stop.cancel();
+    for task in connectors {
+        match task.await {
+            Ok(Err(err)) => tracing::warn!(error = %err, "connector stopped with an error"),
+            Err(err) => tracing::warn!(error = %err, "connector task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    hub.shutdown().await;
+    bus.close().await;
     store.close().await;
     tracing::info!("stopped");
-    Ok(())
+    served
 }
 
 /// Runs `crm user …` against the configured database.

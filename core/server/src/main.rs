@@ -32,6 +32,9 @@ enum Command {
     /// Manage console users.
     #[command(subcommand)]
     User(crm_server::users::UserCommand),
+    /// Rule developer's tools: check a plugin component, test it on cases or the store.
+    #[command(subcommand)]
+    Plugin(crm_server::plugin_cli::PluginCommand),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Migrate => crm_server::open_store(&settings).await.map(|_| tracing::info!("migrations applied")),
             Command::Config => Ok(()),
             Command::User(command) => crm_server::run_user_command(&settings, command).await,
+            Command::Plugin(command) => crm_server::plugin_cli::run(&settings, command, &mut std::io::stdout()).await,
         }
     });
     match result {

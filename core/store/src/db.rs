@@ -363,7 +363,7 @@ impl Row {
 }
 
 /// Makes `%`, `_` and `\` in a search term match themselves in a LIKE pattern.
-fn escape_like(term: &str) -> String {
+pub(crate) fn escape_like(term: &str) -> String {
     let mut out = String::with_capacity(term.len());
     for c in term.chars() {
         if matches!(c, '%' | '_' | '\\') {

@@ -48,6 +48,22 @@ impl StoreError {
     }
 
     /// Whether the database reported a unique constraint violation.
+    /// Whether the database could not be reached (as opposed to refusing the statement):
+    /// waiting and trying again is the cure.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        ) || matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03" || c == "53300" || c == "40001" || c == "40P01" || c == "5" || c == "6"))
+    }
+
     pub(crate) fn is_unique_violation(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation())
     }

@@ -18,17 +18,22 @@
 
 mod audit;
 mod auth;
+mod comms;
 mod db;
 mod error;
+mod outbox;
 mod query;
 mod resources;
 
 pub use audit::{Actor, ActorKind, AuditEntry, AuditQuery};
 pub use auth::{ApiKeyFilter, RefreshOutcome, UserFilter};
+pub use comms::{Assigned, FileStored, InboundEntry, Logged, ext_key};
 pub use db::{Backend, Store, StoreConfig, redact_url};
 pub use error::StoreError;
+pub use outbox::{ConnectorInstance, DeadLetter, OutboxMessage};
 pub use query::{
-    Condition, CustomerFilter, DEFAULT_LIMIT, ListFilter, ListQuery, MAX_LIMIT, OrderFilter, Page, ProductFilter, SortDirection,
+    CommsFilter, Condition, CustomerFilter, DEFAULT_LIMIT, ListFilter, ListQuery, MAX_LIMIT, MediaFilter, OrderFilter, Page, ProductFilter,
+    SortDirection,
 };
 pub use resources::Resource;
 pub use sqlx::Error as SqlxError;

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use crm_domain::Violations;
+use crm_domain::comms::{CommsType, Direction, MediaStatus, Triage};
 use crm_domain::customer::CustomerStatus;
 use crm_domain::order::{OrderStatus, PaymentStatus};
 use crm_domain::product::ProductCategory;
@@ -105,8 +106,14 @@ pub struct Condition(Cond);
 enum Cond {
     /// `column = value`.
     Eq(&'static str, Value),
+    /// `column <op> value` for `>=` and `<`.
+    Cmp(&'static str, &'static str, Value),
     /// The customer has this tag.
     CustomerTag(String),
+    /// The record's customer is assigned to this user.
+    CustomerAssignedTo(Uuid),
+    /// The record's customer, or its order's customer, is assigned to this user.
+    CustomerOrOrderAssignedTo(Uuid),
 }
 
 impl Condition {
@@ -119,10 +126,20 @@ impl Condition {
     pub(crate) fn push(self, sql: &mut Sql) {
         match self.0 {
             Cond::Eq(column, value) => sql.push(&format!(" AND {column} = ")).bind(value),
+            Cond::Cmp(column, op, value) => sql.push(&format!(" AND {column} {op} ")).bind(value),
             Cond::CustomerTag(tag) => sql
                 .push(" AND id IN (SELECT customer_id FROM customer_keys WHERE kind = 'tag' AND key = ")
                 .bind(Value::Text(Some(tag)))
                 .push(")"),
+            Cond::CustomerAssignedTo(user) => {
+                sql.push(" AND customer_id IN (SELECT id FROM customers WHERE assigned_to = ").bind(Value::Uuid(Some(user))).push(")")
+            }
+            Cond::CustomerOrOrderAssignedTo(user) => sql
+                .push(" AND (customer_id IN (SELECT id FROM customers WHERE assigned_to = ")
+                .bind(Value::Uuid(Some(user)))
+                .push(") OR order_id IN (SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.assigned_to = ")
+                .bind(Value::Uuid(Some(user)))
+                .push("))"),
         };
     }
 }
@@ -167,6 +184,74 @@ impl ListFilter for OrderFilter {
             eq("status", self.status.map(|s| text(s.as_str()))),
             eq("payment_status", self.payment_status.map(|s| text(&serde_plain(&s)))),
             eq("assigned_to", self.assigned_to.map(|u| Value::Uuid(Some(u)))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// Filters on the communications log.
+#[derive(Debug, Clone, Default)]
+pub struct CommsFilter {
+    /// About this customer.
+    pub customer_id: Option<Uuid>,
+    /// Of this type.
+    pub kind: Option<CommsType>,
+    /// In this direction.
+    pub direction: Option<Direction>,
+    /// Happened at or after.
+    pub occurred_from: Option<DateTime<Utc>>,
+    /// Happened before.
+    pub occurred_to: Option<DateTime<Utc>>,
+    /// In this triage state (the unmatched inbox is `triage = unmatched`).
+    pub triage: Option<Triage>,
+    /// In this conversation.
+    pub thread_id: Option<Uuid>,
+    /// Only entries whose customer is assigned to this user (an agent's view).
+    pub customer_assigned_to: Option<Uuid>,
+}
+
+impl ListFilter for CommsFilter {
+    fn conditions(&self) -> Vec<Condition> {
+        let time = |op, t: Option<DateTime<Utc>>| t.map(|t| Condition(Cond::Cmp("occurred_at", op, Value::Time(Some(t)))));
+        [
+            eq("customer_id", self.customer_id.map(|u| Value::Uuid(Some(u)))),
+            eq("kind", self.kind.map(|k| text(k.as_str()))),
+            eq("direction", self.direction.map(|d| text(d.as_str()))),
+            time(">=", self.occurred_from),
+            time("<", self.occurred_to),
+            eq("triage", self.triage.map(|t| text(t.as_str()))),
+            eq("thread_id", self.thread_id.map(|u| Value::Uuid(Some(u)))),
+            self.customer_assigned_to.map(|u| Condition(Cond::CustomerAssignedTo(u))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// Filters on the media index.
+#[derive(Debug, Clone, Default)]
+pub struct MediaFilter {
+    /// Of this customer.
+    pub customer_id: Option<Uuid>,
+    /// Of this order.
+    pub order_id: Option<Uuid>,
+    /// Only files whose customer, or whose order's customer, is assigned to this user (an
+    /// agent's view).
+    pub customer_assigned_to: Option<Uuid>,
+    /// With its bytes in this state.
+    pub status: Option<MediaStatus>,
+}
+
+impl ListFilter for MediaFilter {
+    fn conditions(&self) -> Vec<Condition> {
+        [
+            eq("customer_id", self.customer_id.map(|u| Value::Uuid(Some(u)))),
+            eq("order_id", self.order_id.map(|u| Value::Uuid(Some(u)))),
+            self.customer_assigned_to.map(|u| Condition(Cond::CustomerOrOrderAssignedTo(u))),
+            eq("status", self.status.map(|s| text(s.as_str()))),
         ]
         .into_iter()
         .flatten()

@@ -91,7 +91,7 @@ pub(crate) fn decode<R: Table>(row: &Row) -> Result<Record<R>> {
     })
 }
 
-fn json<T: Serialize>(data: &T) -> Result<Value> {
+pub(crate) fn json<T: Serialize>(data: &T) -> Result<Value> {
     serde_json::value::to_raw_value(data).map(Value::Json).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -148,8 +148,13 @@ pub(crate) async fn overwrite<R: Table>(tx: &mut Tx, current: &Record<R>, data: 
 }
 
 /// Inserts a new record inside `tx`, applying the resource's rules.
-pub(crate) async fn insert<R: Table>(tx: &mut Tx, mut data: R, now: DateTime<Utc>) -> Result<Record<R>> {
-    let id = Uuid::now_v7();
+pub(crate) async fn insert<R: Table>(tx: &mut Tx, data: R, now: DateTime<Utc>) -> Result<Record<R>> {
+    insert_with_id(tx, Uuid::now_v7(), data, now).await
+}
+
+/// Inserts a new record with an id chosen beforehand (so a message about it can be written in
+/// the same transaction).
+pub(crate) async fn insert_with_id<R: Table>(tx: &mut Tx, id: Uuid, mut data: R, now: DateTime<Utc>) -> Result<Record<R>> {
     R::prepare(tx, None, &mut data, now).await?;
     let columns = data.columns();
     let mut sql = Sql::new(format!(
@@ -271,6 +276,16 @@ impl Store {
         audit::record_deletion(&mut tx, &self.actor, "restore", R::TABLE, id, deleted_at, None).await?;
         tx.commit().await?;
         Ok(record)
+    }
+
+    /// Counts the live records matching `filter`.
+    #[tracing::instrument(skip_all, fields(table = R::TABLE))]
+    pub async fn count<R: Resource>(&self, filter: &R::Filter) -> Result<i64> {
+        let mut sql = Sql::new(format!("SELECT COUNT(*) AS n FROM {} WHERE deleted_at IS NULL", R::TABLE));
+        for condition in filter.conditions() {
+            condition.push(&mut sql);
+        }
+        self.fetch_all(&sql).await?.first().map_or(Ok(0), |row| row.get::<i64>("n"))
     }
 
     /// Lists records matching `query`, one page at a time.

@@ -1,0 +1,197 @@
+//! The local-directory files connector: the embedded default file store. It keeps files under a
+//! data directory and serves the files commands of the bus; the Nextcloud connector serves the
+//! same commands and events, so one replaces the other without the core noticing.
+//!
+//! * `files.folder.ensure` ([`EnsureFolder`]) → [`FileResult`] `stored` (size 0) or `failed`.
+//! * `files.file.store` ([`StoreFile`], bytes in the message up to
+//!   [`FilesLocalConfig::max_file_bytes`]) → [`FileResult`] `stored {size, sha256}` or
+//!   `failed {reason}`. The same bytes again are a success (a redelivered command); different
+//!   bytes at the path are refused unless `overwrite` is set. Writes are atomic.
+//! * `files.file.read` ([`ReadFile`], a request) → the reply [`FileContent`].
+//!
+//! Paths are checked by [`paths`] and written by [`store`]. Run it inside `crm serve` with
+//! [`crm_connector::spawn`]`(FilesLocal::new(config)?, bus, token)`, or as the
+//! `crm-connector-files-local` process.
+
+pub mod config;
+pub mod paths;
+pub mod store;
+
+pub use config::{DEFAULT_MAX_FILE_BYTES, FilesLocalConfig};
+
+use crm_connector::message::{Channel, EnsureFolder, FileContent, FileOutcome, FileRead, FileResult, ReadFile, StoreFile};
+use crm_connector::{Command, Connector, HandlerError, Health, Outcome};
+use paths::{RelativePath, Root};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use store::{FileError, ReadOutcome};
+
+/// Temporary files older than this are left-overs of a crash, removed at start.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The connector.
+#[derive(Debug)]
+pub struct FilesLocal {
+    root: Arc<Root>,
+    max_file_bytes: u64,
+    /// The last file-system failure, cleared by the next success (shown in heartbeats).
+    last_error: Mutex<Option<String>>,
+}
+
+impl FilesLocal {
+    /// Opens (creating when missing) the data directory.
+    pub fn new(config: FilesLocalConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let root = Root::open(&config.data_dir).map_err(|e| anyhow::anyhow!("data_dir {}: {e}", config.data_dir.display()))?;
+        Ok(FilesLocal { root: Arc::new(root), max_file_bytes: config.max_file_bytes, last_error: Mutex::new(None) })
+    }
+
+    /// The data directory (canonical).
+    pub fn data_dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The file-size cap.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
+    }
+
+    fn note(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    /// Runs a blocking file operation; an I/O failure is transient (retried with backoff).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: String,
+        op: impl FnOnce(&Root) -> Result<T, FileError> + Send + 'static,
+    ) -> Result<Result<T, String>, HandlerError> {
+        let root = self.root.clone();
+        let result = tokio::task::spawn_blocking(move || op(&root)).await.map_err(|e| HandlerError::Transient(format!("{what}: {e}")))?;
+        match result {
+            Ok(value) => {
+                self.note(None);
+                Ok(Ok(value))
+            }
+            Err(FileError::Refused(reason)) => Ok(Err(reason)),
+            Err(FileError::Io(err)) => {
+                let reason = format!("{what}: {err}");
+                self.note(Some(reason.clone()));
+                Err(HandlerError::Transient(reason))
+            }
+        }
+    }
+
+    async fn ensure_folder(&self, command: Command<'_>) -> Result<Outcome, HandlerError> {
+        let message: EnsureFolder = command.decode()?;
+        let outcome = match RelativePath::parse(&message.path) {
+            Err(err) => FileOutcome::Failed { reason: err.to_string() },
+            Ok(path) => match self
+                .blocking(format!("cannot create folder '{}'", message.path), move |root| store::ensure_folder(root, &path))
+                .await?
+            {
+                Ok(()) => FileOutcome::Stored { size: 0, sha256: String::new() },
+                Err(reason) => FileOutcome::Failed { reason },
+            },
+        };
+        log_outcome(&message.path, &outcome);
+        Ok(Outcome::event(command.event(&FileResult { media_id: None, path: message.path, outcome })))
+    }
+
+    async fn store_file(&self, command: Command<'_>) -> Result<Outcome, HandlerError> {
+        let StoreFile { media_id, path: shown, overwrite, content, .. } = command.decode()?;
+        let size = content.0.len() as u64;
+        let outcome = if size > self.max_file_bytes {
+            FileOutcome::Failed {
+                reason: format!("the file is {size} bytes, over the {}-byte cap for files in messages", self.max_file_bytes),
+            }
+        } else {
+            match RelativePath::parse(&shown) {
+                Err(err) => FileOutcome::Failed { reason: err.to_string() },
+                Ok(path) => {
+                    let bytes = content.0;
+                    match self.blocking(format!("cannot store '{shown}'"), move |root| store::store(root, &path, &bytes, overwrite)).await?
+                    {
+                        Ok(stored) => FileOutcome::Stored { size: stored.size, sha256: stored.sha256 },
+                        Err(reason) => FileOutcome::Failed { reason },
+                    }
+                }
+            }
+        };
+        log_outcome(&shown, &outcome);
+        Ok(Outcome::event(command.event(&FileResult { media_id: Some(media_id), path: shown, outcome })))
+    }
+
+    async fn read_file(&self, command: Command<'_>) -> Result<Outcome, HandlerError> {
+        let message: ReadFile = command.decode()?;
+        let result = match RelativePath::parse(&message.path) {
+            Err(err) => FileRead::Failed { reason: err.to_string() },
+            Ok(path) => {
+                let cap = self.max_file_bytes;
+                match self.blocking(format!("cannot read '{}'", message.path), move |root| store::read(root, &path, cap)).await? {
+                    Ok(ReadOutcome::Found(bytes)) => FileRead::Found { content: crm_connector::message::Bytes(bytes) },
+                    Ok(ReadOutcome::NotFound) => FileRead::NotFound,
+                    Err(reason) => FileRead::Failed { reason },
+                }
+            }
+        };
+        tracing::debug!(path = %message.path, outcome = ?std::mem::discriminant(&result), "file read");
+        Ok(Outcome::reply(command.event(&FileContent { path: message.path, result })))
+    }
+}
+
+fn log_outcome(path: &str, outcome: &FileOutcome) {
+    match outcome {
+        FileOutcome::Stored { size, .. } => tracing::info!(path, size, "stored"),
+        FileOutcome::Failed { reason } => tracing::warn!(path, reason = %reason, "refused"),
+    }
+}
+
+impl Connector for FilesLocal {
+    type Config = FilesLocalConfig;
+    const NAME: &'static str = "files-local";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CHANNEL: Channel = Channel::Files;
+
+    fn bindings(&self) -> Vec<String> {
+        vec!["files.folder.ensure".into(), "files.file.store".into(), "files.file.read".into()]
+    }
+
+    async fn init(&self, _hub: &crm_connector::Hub) -> anyhow::Result<()> {
+        let root = self.root.clone();
+        match tokio::task::spawn_blocking(move || store::remove_stale_temps(&root, STALE_TEMP_AGE)).await? {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed temporary files left by an earlier crash"),
+            Err(err) => tracing::warn!(error = %err, "could not look for stale temporary files"),
+        }
+        tracing::info!(data_dir = %self.root.path().display(), max_file_bytes = self.max_file_bytes, "serving files");
+        Ok(())
+    }
+
+    async fn health(&self) -> Health {
+        let root = self.root.path().to_owned();
+        let checked = root.clone();
+        match tokio::task::spawn_blocking(move || std::fs::metadata(checked)).await {
+            Ok(Ok(metadata)) if metadata.is_dir() => {}
+            Ok(Ok(_)) => return Health::degraded(format!("{} is not a directory", root.display())),
+            Ok(Err(err)) => return Health::degraded(format!("{}: {err}", root.display())),
+            Err(err) => return Health::degraded(format!("health check failed: {err}")),
+        }
+        match self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(error) => Health::degraded(error),
+            None => Health::ready(),
+        }
+    }
+
+    async fn handle(&self, command: Command<'_>) -> Result<Outcome, HandlerError> {
+        if command.is::<StoreFile>() {
+            self.store_file(command).await
+        } else if command.is::<EnsureFolder>() {
+            self.ensure_folder(command).await
+        } else if command.is::<ReadFile>() {
+            self.read_file(command).await
+        } else {
+            Err(command.unsupported())
+        }
+    }
+}

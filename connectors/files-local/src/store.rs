@@ -1,0 +1,302 @@
+//! The file operations, blocking (run them on the blocking pool): ensure a folder, store a file
+//! atomically and without silent overwrites, read a file.
+//!
+//! A file is written to a temporary file in its folder, flushed to disk, then put in place in
+//! one step, so a reader never sees half a file: without `overwrite` with a hard link, which
+//! fails if something appeared at the path meanwhile (no lost update between two writers), with
+//! `overwrite` by renaming over the old file. The folder is flushed afterwards so the new name
+//! survives a crash.
+
+use crate::paths::{Entry, FolderError, PathError, RelativePath, Root, TEMP_PREFIX, sync_folder};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// A stored file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its size in bytes.
+    pub size: u64,
+    /// SHA-256 of its content, lower-case hex.
+    pub sha256: String,
+}
+
+/// Why an operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Refused for good: the result is "failed" with this reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The file system failed; may work later.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl From<FolderError> for FileError {
+    fn from(err: FolderError) -> Self {
+        match err {
+            FolderError::Refused(err) => FileError::Refused(err.to_string()),
+            FolderError::Io(err) => FileError::Io(err),
+        }
+    }
+}
+
+impl From<PathError> for FileError {
+    fn from(err: PathError) -> Self {
+        FileError::Refused(err.to_string())
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Makes sure folder `path` exists.
+pub fn ensure_folder(root: &Root, path: &RelativePath) -> Result<(), FileError> {
+    root.folder(path.segments(), true)?;
+    Ok(())
+}
+
+/// Stores `content` at `path`. The same bytes already there are a success (a redelivered
+/// command); different bytes are refused unless `overwrite`.
+pub fn store(root: &Root, path: &RelativePath, content: &[u8], overwrite: bool) -> Result<Stored, FileError> {
+    let shown = path.as_string();
+    let folder = root.folder(path.parent(), true)?.expect("created when missing");
+    let stored = Stored { size: content.len() as u64, sha256: sha256_hex(content) };
+    match root.entry(&folder, path.name(), &shown)? {
+        Entry::Absent => {}
+        Entry::File { path: existing, size, linked } => {
+            if size == stored.size && same_content(&existing, content)? {
+                return Ok(stored);
+            }
+            if !overwrite {
+                return Err(FileError::Refused(format!("'{shown}' exists with different content (set overwrite to replace it)")));
+            }
+            if linked {
+                return Err(FileError::Refused(format!("'{shown}' is a symbolic link; it is not replaced")));
+            }
+        }
+        Entry::Folder => return Err(FileError::Refused(format!("'{shown}' is a folder"))),
+        Entry::Other => return Err(FileError::Refused(format!("'{shown}' is not a regular file"))),
+    }
+
+    let target = folder.join(path.name());
+    let temp = folder.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+    let result = write_temp(&temp, content).and_then(|()| {
+        if overwrite {
+            return fs::rename(&temp, &target).map(|()| Placed::Yes);
+        }
+        match fs::hard_link(&temp, &target) {
+            Ok(()) => Ok(Placed::Yes),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(Placed::Raced),
+            // A file system without hard links: rename, having checked above that nothing is there.
+            Err(err) => {
+                tracing::debug!(error = %err, "hard link failed; renaming instead");
+                fs::rename(&temp, &target).map(|()| Placed::Yes)
+            }
+        }
+    });
+    let _ = fs::remove_file(&temp);
+    match result {
+        Ok(Placed::Yes) => {
+            sync_folder(&folder)?;
+            Ok(stored)
+        }
+        // Something appeared at the path since it was checked: compare with that.
+        Ok(Placed::Raced) => match root.entry(&folder, path.name(), &shown)? {
+            Entry::File { path: existing, size, .. } if size == stored.size && same_content(&existing, content)? => Ok(stored),
+            _ => Err(FileError::Refused(format!("'{shown}' exists with different content (set overwrite to replace it)"))),
+        },
+        Err(err) => Err(err.into()),
+    }
+}
+
+enum Placed {
+    Yes,
+    Raced,
+}
+
+fn write_temp(temp: &Path, content: &[u8]) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).open(temp)?;
+    file.write_all(content)?;
+    file.sync_all()
+}
+
+/// Whether the file at `path` holds exactly `content`.
+fn same_content(path: &Path, content: &[u8]) -> io::Result<bool> {
+    let mut file = fs::File::open(path)?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut offset = 0usize;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(offset == content.len());
+        }
+        if offset + n > content.len() || buffer[..n] != content[offset..offset + n] {
+            return Ok(false);
+        }
+        offset += n;
+    }
+}
+
+/// Removes the connector's temporary files older than `age` anywhere under the root (left by a
+/// crash between writing and placing a file); younger ones may belong to a write in progress.
+/// Returns how many were removed.
+pub fn remove_stale_temps(root: &Root, age: std::time::Duration) -> io::Result<usize> {
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    let mut folders = vec![root.path().to_owned()];
+    while let Some(folder) = folders.pop() {
+        for entry in fs::read_dir(&folder)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                folders.push(entry.path());
+            } else if kind.is_file() && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let modified = entry.metadata()?.modified()?;
+                if now.duration_since(modified).is_ok_and(|elapsed| elapsed >= age) {
+                    fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// What a read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The bytes.
+    Found(Vec<u8>),
+    /// Nothing there.
+    NotFound,
+}
+
+/// Reads the file at `path`, refusing one over `max_bytes`.
+pub fn read(root: &Root, path: &RelativePath, max_bytes: u64) -> Result<ReadOutcome, FileError> {
+    let shown = path.as_string();
+    let Some(folder) = root.folder(path.parent(), false)? else { return Ok(ReadOutcome::NotFound) };
+    match root.entry(&folder, path.name(), &shown)? {
+        Entry::Absent => Ok(ReadOutcome::NotFound),
+        Entry::File { size, .. } if size > max_bytes => {
+            Err(FileError::Refused(format!("'{shown}' is {size} bytes, over the {max_bytes}-byte cap for files in messages")))
+        }
+        Entry::File { path: file, .. } => match fs::read(&file) {
+            Ok(bytes) => Ok(ReadOutcome::Found(bytes)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(ReadOutcome::NotFound),
+            Err(err) => Err(err.into()),
+        },
+        Entry::Folder => Err(FileError::Refused(format!("'{shown}' is a folder"))),
+        Entry::Other => Err(FileError::Refused(format!("'{shown}' is not a regular file"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        (dir, root)
+    }
+
+    fn path(p: &str) -> RelativePath {
+        RelativePath::parse(p).unwrap()
+    }
+
+    #[test]
+    fn store_is_idempotent_and_refuses_silent_overwrites() {
+        let (_dir, root) = setup();
+        let stored = store(&root, &path("a/b/c.txt"), b"hello", false).unwrap();
+        assert_eq!(stored.size, 5);
+        assert_eq!(stored.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(store(&root, &path("a/b/c.txt"), b"hello", false).unwrap(), stored);
+        let err = store(&root, &path("a/b/c.txt"), b"hellO", false).unwrap_err();
+        assert!(matches!(&err, FileError::Refused(r) if r.contains("exists with different content")), "{err}");
+        assert_eq!(fs::read(root.path().join("a/b/c.txt")).unwrap(), b"hello");
+        let replaced = store(&root, &path("a/b/c.txt"), b"bye", true).unwrap();
+        assert_eq!(replaced.size, 3);
+        assert_eq!(fs::read(root.path().join("a/b/c.txt")).unwrap(), b"bye");
+        // A prefix of what is there is different content too.
+        assert!(store(&root, &path("a/b/c.txt"), b"by", false).is_err());
+        assert!(store(&root, &path("a/b/c.txt"), b"bye!", false).is_err());
+        let leftovers: Vec<_> = fs::read_dir(root.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, ["c.txt"], "no temporary files left behind");
+    }
+
+    #[test]
+    fn folders_and_files_do_not_mix() {
+        let (_dir, root) = setup();
+        ensure_folder(&root, &path("x/y")).unwrap();
+        ensure_folder(&root, &path("x/y")).unwrap();
+        assert!(root.path().join("x/y").is_dir());
+        let err = store(&root, &path("x/y"), b"data", true).unwrap_err();
+        assert!(matches!(&err, FileError::Refused(r) if r.contains("is a folder")), "{err}");
+        store(&root, &path("x/f"), b"data", false).unwrap();
+        let err = ensure_folder(&root, &path("x/f")).unwrap_err();
+        assert!(matches!(&err, FileError::Refused(r) if r.contains("not a folder")), "{err}");
+        let err = store(&root, &path("x/f/g"), b"data", false).unwrap_err();
+        assert!(matches!(&err, FileError::Refused(_)), "{err}");
+    }
+
+    #[test]
+    fn read_returns_the_bytes_or_not_found() {
+        let (_dir, root) = setup();
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(200_000).collect();
+        store(&root, &path("bin/all.bytes"), &bytes, false).unwrap();
+        assert_eq!(read(&root, &path("bin/all.bytes"), 1 << 20).unwrap(), ReadOutcome::Found(bytes));
+        assert_eq!(read(&root, &path("bin/none"), 1 << 20).unwrap(), ReadOutcome::NotFound);
+        assert_eq!(read(&root, &path("nofolder/none"), 1 << 20).unwrap(), ReadOutcome::NotFound);
+        assert!(!root.path().join("nofolder").exists(), "a read creates nothing");
+        let err = read(&root, &path("bin/all.bytes"), 1000).unwrap_err();
+        assert!(matches!(&err, FileError::Refused(r) if r.contains("over the 1000-byte cap")), "{err}");
+        let err = read(&root, &path("bin"), 1000).unwrap_err();
+        assert!(matches!(&err, FileError::Refused(r) if r.contains("is a folder")), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_inside_are_read_but_never_replaced() {
+        use std::os::unix::fs::symlink;
+        let (_dir, root) = setup();
+        store(&root, &path("real.txt"), b"real", false).unwrap();
+        symlink(root.path().join("real.txt"), root.path().join("link.txt")).unwrap();
+        assert_eq!(read(&root, &path("link.txt"), 100).unwrap(), ReadOutcome::Found(b"real".to_vec()));
+        assert!(store(&root, &path("link.txt"), b"real", false).is_ok(), "same bytes: nothing to do");
+        let err = store(&root, &path("link.txt"), b"other", true).unwrap_err();
+        assert!(matches!(&err, FileError::Refused(r) if r.contains("symbolic link")), "{err}");
+        assert_eq!(fs::read(root.path().join("real.txt")).unwrap(), b"real");
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed() {
+        let (_dir, root) = setup();
+        store(&root, &path("a/b/keep.txt"), b"x", false).unwrap();
+        fs::write(root.path().join("a/b/.crm-tmp-1"), b"half").unwrap();
+        fs::write(root.path().join("a/.crm-tmp-2"), b"half").unwrap();
+        assert_eq!(remove_stale_temps(&root, std::time::Duration::from_secs(3600)).unwrap(), 0, "young ones stay");
+        assert_eq!(remove_stale_temps(&root, std::time::Duration::ZERO).unwrap(), 2);
+        assert!(root.path().join("a/b/keep.txt").exists());
+        assert!(!root.path().join("a/b/.crm-tmp-1").exists());
+    }
+
+    #[test]
+    fn empty_files_are_files() {
+        let (_dir, root) = setup();
+        let stored = store(&root, &path("empty"), b"", false).unwrap();
+        assert_eq!(stored.sha256, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(read(&root, &path("empty"), 0).unwrap(), ReadOutcome::Found(Vec::new()));
+    }
+}

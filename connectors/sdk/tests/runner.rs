@@ -1,0 +1,384 @@
+//! The connector lifecycle on the in-process bus: events follow their command's request id,
+//! transient failures are retried and permanent ones dead-lettered, requests are answered,
+//! heartbeats carry the instance's fields, and a graceful shutdown finishes in-flight work and
+//! leaves the rest queued.
+
+use crm_bus::message::{
+    Address, Channel, ConnectorState, DeliveryState, DeliveryStatus, FileContent, FileRead, Heartbeat, ReadFile, SendMessage,
+};
+use crm_bus::{BusConfig, Delivery, RetryPolicy, Subscriber, Subscription};
+use crm_connector::{
+    Bus, CancellationToken, Command, Connector, ConnectorContext, Envelope, Exchange, HandlerError, Health, Outcome, RunSettings, Trace,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+/// Generous: conditions are awaited, never assumed after a sleep.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A connector whose behaviour the message body picks; clones share the state.
+#[derive(Debug, Clone, Default)]
+struct Echo(Arc<State>);
+
+#[derive(Debug)]
+struct State {
+    /// `slow` commands wait for a permit here.
+    gate: Semaphore,
+    /// Handler calls started, by entry id.
+    started: std::sync::Mutex<HashMap<Uuid, u32>>,
+    started_count: AtomicU32,
+    degraded: AtomicBool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State { gate: Semaphore::new(0), started: Default::default(), started_count: AtomicU32::new(0), degraded: AtomicBool::new(false) }
+    }
+}
+
+impl Connector for Echo {
+    type Config = ();
+    const NAME: &'static str = "test-echo";
+    const VERSION: &'static str = "9.9.9";
+    const CHANNEL: Channel = Channel::Sms;
+
+    fn bindings(&self) -> Vec<String> {
+        vec!["sms.#".into(), "files.file.read".into()]
+    }
+
+    async fn health(&self) -> Health {
+        if self.0.degraded.load(Ordering::SeqCst) { Health::degraded("gateway down") } else { Health::ready() }
+    }
+
+    async fn handle(&self, command: Command<'_>) -> Result<Outcome, HandlerError> {
+        if command.is::<ReadFile>() {
+            let read: ReadFile = command.decode()?;
+            return Ok(Outcome::reply(command.event(&FileContent { path: read.path, result: FileRead::NotFound })));
+        }
+        let send: SendMessage = command.decode()?;
+        self.0.started.lock().unwrap().entry(send.entry_id).and_modify(|n| *n += 1).or_insert(1);
+        self.0.started_count.fetch_add(1, Ordering::SeqCst);
+        match send.body.as_str() {
+            "fail-once" if command.attempt() == 1 => return Err(HandlerError::Transient("gateway timeout".into())),
+            "permanent" => return Err(HandlerError::Permanent("number blocked".into())),
+            "panic" => panic!("boom"),
+            "slow" => {
+                let permit = self.0.gate.acquire().await.expect("gate open");
+                permit.forget();
+            }
+            _ => {}
+        }
+        Ok(Outcome::event(command.event(&DeliveryStatus {
+            channel: Channel::Sms,
+            entry_id: Some(send.entry_id),
+            channel_message_id: Some(format!("sms-{}", send.entry_id)),
+            status: DeliveryState::Sent,
+            reason: None,
+            occurred_at: chrono::Utc::now(),
+        })))
+    }
+}
+
+fn bus() -> Bus {
+    Bus::in_process(BusConfig { retry: RetryPolicy { max_attempts: 3, backoff: vec![Duration::from_millis(20)] }, ..BusConfig::default() })
+}
+
+fn settings() -> RunSettings {
+    RunSettings {
+        instance: Some("test-1".into()),
+        prefetch: 8,
+        max_in_flight: 4,
+        heartbeat_interval: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(30),
+    }
+}
+
+fn send(body: &str, request_id: &str) -> (Uuid, Envelope) {
+    let entry_id = Uuid::now_v7();
+    let message = SendMessage {
+        entry_id,
+        channel: Channel::Sms,
+        to: vec![Address::phone("+302101234567", None)],
+        cc: vec![],
+        subject: None,
+        body: body.into(),
+        body_html: None,
+        in_reply_to: None,
+        references: vec![],
+        attachments: vec![],
+    };
+    (entry_id, Envelope::new("/crm/core", &message, Trace::new(request_id)))
+}
+
+async fn events(bus: &Bus, group: &str, bindings: &[&str]) -> Subscriber {
+    bus.subscribe(Subscription::new(group, Exchange::Events, bindings)).await.unwrap()
+}
+
+async fn next(subscriber: &mut Subscriber) -> Delivery {
+    tokio::time::timeout(WAIT, subscriber.next()).await.expect("a delivery in time").expect("the bus is open")
+}
+
+/// Waits until the connector consumes its command queue.
+async fn wait_ready(bus: &Bus) {
+    wait_for(bus, "connector consuming", |stats| stats.iter().any(|q| q.group == "connector.sms.commands" && q.consumers >= 1)).await;
+}
+
+async fn wait_for(bus: &Bus, what: &str, condition: impl Fn(&[crm_bus::QueueStats]) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stats = bus.queue_stats().await.unwrap();
+        if condition(&stats) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn read_beat(beats: &mut Subscriber) -> Heartbeat {
+    let delivery = next(beats).await;
+    assert_eq!(delivery.envelope.routing_key, "connector.sms.heartbeat");
+    assert_eq!(delivery.envelope.subject.as_deref(), Some("test-echo/test-1"));
+    let beat: Heartbeat = delivery.envelope.decode().unwrap();
+    delivery.ack().await.unwrap();
+    beat
+}
+
+fn queued(stats: &[crm_bus::QueueStats], group: &str) -> u64 {
+    stats.iter().find(|q| q.group == group).map_or(0, |q| q.messages)
+}
+
+#[tokio::test]
+async fn events_follow_their_command_and_keep_its_request_id() {
+    let bus = bus();
+    let mut statuses = events(&bus, "core.test", &["sms.message.status"]).await;
+    let token = CancellationToken::new();
+    let echo = Echo::default();
+    let task = crm_connector::spawn_with(echo.clone(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(settings()));
+    wait_ready(&bus).await;
+
+    let (entry_id, command) = send("hello", "req-42");
+    bus.publish(&command).await.unwrap();
+    let delivery = next(&mut statuses).await;
+    let status: DeliveryStatus = delivery.envelope.decode().unwrap();
+    assert_eq!(status.entry_id, Some(entry_id));
+    assert_eq!(delivery.envelope.trace.request_id.as_deref(), Some("req-42"));
+    let parent = command.trace.traceparent.as_deref().unwrap();
+    let child = delivery.envelope.trace.traceparent.as_deref().unwrap();
+    assert_eq!(child[..36], parent[..36], "same trace id");
+    assert_ne!(child, parent, "a new span");
+    assert_eq!(delivery.envelope.source, "/connectors/test-echo/test-1");
+    delivery.ack().await.unwrap();
+
+    // Acknowledged: nothing left for the connector.
+    wait_for(&bus, "the command acknowledged", |stats| queued(stats, "connector.sms.commands") == 0).await;
+    token.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(echo.0.started.lock().unwrap()[&entry_id], 1);
+}
+
+#[tokio::test]
+async fn transient_failures_retry_and_permanent_ones_are_dead_lettered() {
+    let bus = bus();
+    let mut statuses = events(&bus, "core.test", &["sms.message.status"]).await;
+    let mut dead = bus.dead_letters().await.unwrap();
+    let token = CancellationToken::new();
+    let echo = Echo::default();
+    let task = crm_connector::spawn_with(echo.clone(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(settings()));
+    wait_ready(&bus).await;
+
+    let (flaky, command) = send("fail-once", "r1");
+    bus.publish(&command).await.unwrap();
+    let delivery = next(&mut statuses).await;
+    assert_eq!(delivery.envelope.decode::<DeliveryStatus>().unwrap().entry_id, Some(flaky));
+    delivery.ack().await.unwrap();
+    assert_eq!(echo.0.started.lock().unwrap()[&flaky], 2, "tried twice");
+
+    let (blocked, command) = send("permanent", "r2");
+    bus.publish(&command).await.unwrap();
+    let letter = next(&mut dead).await;
+    let info = letter.dead.clone().expect("dead-letter info");
+    assert_eq!(letter.envelope.id, command.id);
+    assert_eq!(info.group, "connector.sms.commands");
+    assert_eq!(info.reason, "number blocked");
+    assert_eq!(echo.0.started.lock().unwrap()[&blocked], 1, "not retried");
+    letter.ack().await.unwrap();
+
+    // Data that does not decode: dead-lettered at once, with the decoder's reason.
+    let (_, mut malformed) = send("x", "r3");
+    malformed.data = br#"{"entry_id": "not a uuid"}"#.to_vec();
+    bus.publish(&malformed).await.unwrap();
+    let letter = next(&mut dead).await;
+    assert_eq!(letter.envelope.id, malformed.id);
+    let reason = letter.dead.clone().unwrap().reason;
+    assert!(reason.contains("entry_id"), "{reason}");
+    letter.ack().await.unwrap();
+
+    // A panicking handler does not take the connector down: retried, then dead-lettered.
+    let (panicky, command) = send("panic", "r4");
+    bus.publish(&command).await.unwrap();
+    let letter = next(&mut dead).await;
+    assert_eq!(letter.envelope.id, command.id);
+    let info = letter.dead.clone().unwrap();
+    assert!(info.reason.contains("handler panicked: boom"), "{}", info.reason);
+    assert_eq!(info.attempts, 3);
+    assert_eq!(echo.0.started.lock().unwrap()[&panicky], 3);
+    letter.ack().await.unwrap();
+
+    // Still working.
+    let (after, command) = send("hello", "r5");
+    bus.publish(&command).await.unwrap();
+    let delivery = next(&mut statuses).await;
+    assert_eq!(delivery.envelope.decode::<DeliveryStatus>().unwrap().entry_id, Some(after));
+    delivery.ack().await.unwrap();
+
+    token.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn requests_are_answered() {
+    let bus = bus();
+    let token = CancellationToken::new();
+    let task = crm_connector::spawn_with(Echo::default(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(settings()));
+    wait_ready(&bus).await;
+    let request = Envelope::new("/crm/core", &ReadFile { path: "a/b".into() }, Trace::new("req-read"));
+    let reply = bus.request(&request, WAIT).await.unwrap();
+    let content: FileContent = reply.decode().unwrap();
+    assert_eq!(content, FileContent { path: "a/b".into(), result: FileRead::NotFound });
+    assert_eq!(reply.trace.request_id.as_deref(), Some("req-read"));
+    token.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn heartbeats_announce_the_instance_at_start_every_interval_and_at_shutdown() {
+    let bus = bus();
+    let mut beats = events(&bus, "core.heartbeats", &["connector.#"]).await;
+    let token = CancellationToken::new();
+    let echo = Echo::default();
+    let before = chrono::Utc::now();
+    let task = crm_connector::spawn_with(echo.clone(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(settings()));
+
+    let first = read_beat(&mut beats).await;
+    assert_eq!(first.state, ConnectorState::Starting);
+    assert_eq!(first.name, "test-echo");
+    assert_eq!(first.version, "9.9.9");
+    assert_eq!(first.channel, Channel::Sms);
+    assert_eq!(first.instance, "test-1");
+    assert_eq!(first.interval_seconds, 1);
+    assert_eq!(first.in_flight, 0);
+    assert!(first.started_at >= before - chrono::Duration::seconds(1) && first.started_at <= chrono::Utc::now());
+
+    let ready = read_beat(&mut beats).await;
+    assert_eq!(ready.state, ConnectorState::Ready);
+    assert_eq!(ready.started_at, first.started_at);
+    // Periodic, and reporting health.
+    echo.0.degraded.store(true, Ordering::SeqCst);
+    let degraded = loop {
+        let beat = read_beat(&mut beats).await;
+        if beat.state == ConnectorState::Degraded {
+            break beat;
+        }
+        assert_eq!(beat.state, ConnectorState::Ready);
+    };
+    assert_eq!(degraded.detail.as_deref(), Some("gateway down"));
+
+    token.cancel();
+    let last = loop {
+        let beat = read_beat(&mut beats).await;
+        if beat.state == ConnectorState::Stopping && beat.in_flight == 0 {
+            break beat;
+        }
+    };
+    assert_eq!(last.started_at, first.started_at);
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_work_and_leaves_the_rest_queued() {
+    let bus = bus();
+    let mut statuses = events(&bus, "core.test", &["sms.message.status"]).await;
+    let mut beats = events(&bus, "core.heartbeats", &["connector.#"]).await;
+    let token = CancellationToken::new();
+    let echo = Echo::default();
+    let run = RunSettings { max_in_flight: 2, prefetch: 4, ..settings() };
+    let task = crm_connector::spawn_with(echo.clone(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(run.clone()));
+    wait_ready(&bus).await;
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (id, command) = send("slow", &format!("req-{i}"));
+        bus.publish(&command).await.unwrap();
+        ids.push(id);
+    }
+    // Two handlers are busy (the limit); then shut down.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while echo.0.started_count.load(Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "handlers did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    token.cancel();
+    // The shutdown heartbeat reports the two in flight.
+    loop {
+        let delivery = next(&mut beats).await;
+        let beat: Heartbeat = delivery.envelope.decode().unwrap();
+        delivery.ack().await.unwrap();
+        if beat.state == ConnectorState::Stopping {
+            assert_eq!(beat.in_flight, 2);
+            break;
+        }
+    }
+    assert!(!task.is_finished(), "waits for in-flight work");
+    echo.0.gate.add_permits(100);
+    task.await.unwrap().unwrap();
+
+    // The two in-flight commands finished and published; no other one was started.
+    assert_eq!(echo.0.started_count.load(Ordering::SeqCst), 2);
+    let mut done = Vec::new();
+    for _ in 0..2 {
+        let delivery = next(&mut statuses).await;
+        done.push(delivery.envelope.decode::<DeliveryStatus>().unwrap().entry_id.unwrap());
+        delivery.ack().await.unwrap();
+    }
+    // The other four are back in the queue, for the next instance.
+    wait_for(&bus, "four commands queued", |stats| queued(stats, "connector.sms.commands") == 4).await;
+
+    let token = CancellationToken::new();
+    let task = crm_connector::spawn_with(echo.clone(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(run));
+    for _ in 0..4 {
+        let delivery = next(&mut statuses).await;
+        done.push(delivery.envelope.decode::<DeliveryStatus>().unwrap().entry_id.unwrap());
+        delivery.ack().await.unwrap();
+    }
+    done.sort();
+    ids.sort();
+    assert_eq!(done, ids, "every command done exactly once");
+    assert!(echo.0.started.lock().unwrap().values().all(|&n| n == 1));
+    token.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn in_flight_work_past_the_shutdown_timeout_is_requeued() {
+    let bus = bus();
+    let token = CancellationToken::new();
+    let echo = Echo::default();
+    let run = RunSettings { max_in_flight: 1, prefetch: 1, shutdown_timeout: Duration::from_millis(200), ..settings() };
+    let task = crm_connector::spawn_with(echo.clone(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(run));
+    wait_ready(&bus).await;
+    let (_, command) = send("slow", "stuck");
+    bus.publish(&command).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while echo.0.started_count.load(Ordering::SeqCst) < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "handler did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    token.cancel();
+    tokio::time::timeout(WAIT, task).await.expect("stops after the timeout").unwrap().unwrap();
+    wait_for(&bus, "the stuck command requeued", |stats| queued(stats, "connector.sms.commands") == 1).await;
+}

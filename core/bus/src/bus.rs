@@ -1,0 +1,199 @@
+//! [`Bus`]: the one handle the core and the connectors use, over either transport.
+
+use crate::config::BusConfig;
+use crate::delivery::Delivery;
+use crate::envelope::Envelope;
+use crate::subscription::{QueueStats, Subscriber, Subscription};
+use crate::{AmqpBus, BusError, InProcessBus};
+use std::time::Duration;
+
+/// A handle to the bus; cheap to clone, all clones share one connection (or one in-process
+/// broker).
+#[derive(Debug, Clone)]
+pub enum Bus {
+    /// The in-process bus: messages live in this process's memory.
+    InProcess(InProcessBus),
+    /// RabbitMQ through `lapin`.
+    Amqp(AmqpBus),
+}
+
+impl Bus {
+    /// A fresh in-process bus. Panics on a prefix that cannot be a queue name (a configuration
+    /// error caught at start).
+    pub fn in_process(config: BusConfig) -> Bus {
+        Bus::InProcess(InProcessBus::new(config))
+    }
+
+    /// Connects to RabbitMQ at `amqp_url` and declares the topology (exchanges and the
+    /// dead-letter queue). The URL's password never appears in logs or errors. Afterwards the bus
+    /// reconnects by itself when the connection drops.
+    pub async fn connect(amqp_url: &str, config: BusConfig) -> Result<Bus, BusError> {
+        Ok(Bus::Amqp(AmqpBus::connect(amqp_url, config).await?))
+    }
+
+    /// `in-process` or `rabbitmq`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Bus::InProcess(_) => crate::in_process::TRANSPORT,
+            Bus::Amqp(_) => crate::amqp::TRANSPORT,
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &BusConfig {
+        match self {
+            Bus::InProcess(bus) => bus.config(),
+            Bus::Amqp(bus) => bus.config(),
+        }
+    }
+
+    /// Publishes to the envelope's exchange with its routing key; returns once the broker has
+    /// confirmed it. An event no group binds is dropped (nobody asked for it); a command no group
+    /// binds is [`BusError::Rejected`].
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+        match self {
+            Bus::InProcess(bus) => bus.publish(envelope),
+            Bus::Amqp(bus) => bus.publish(envelope).await,
+        }
+    }
+
+    /// Publishes all, then waits for all the confirms (pipelined). The first error is returned
+    /// after every confirm has been awaited; the others were published.
+    pub async fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
+        match self {
+            Bus::InProcess(bus) => bus.publish_all(envelopes),
+            Bus::Amqp(bus) => bus.publish_all(envelopes).await,
+        }
+    }
+
+    /// Declares the group's queue and bindings (adding bindings, never removing any) and
+    /// consumes from it.
+    pub async fn subscribe(&self, subscription: Subscription) -> Result<Subscriber, BusError> {
+        match self {
+            Bus::InProcess(bus) => bus.subscribe(subscription),
+            Bus::Amqp(bus) => bus.subscribe(subscription).await,
+        }
+    }
+
+    /// Declares the group's queue and bindings without consuming, so messages for it wait until
+    /// a subscriber comes (the core declares the command queues of the connectors it knows at
+    /// start, so a command to a connector that is not running yet is parked, not refused).
+    pub async fn declare(&self, subscription: &Subscription) -> Result<(), BusError> {
+        match self {
+            Bus::InProcess(bus) => bus.declare(subscription),
+            Bus::Amqp(bus) => bus.declare(subscription).await,
+        }
+    }
+
+    /// Publishes a command and waits up to `timeout` for the one reply
+    /// ([`Bus::reply`]). A command no group binds is [`BusError::Rejected`] at once.
+    pub async fn request(&self, envelope: &Envelope, timeout: Duration) -> Result<Envelope, BusError> {
+        match self {
+            Bus::InProcess(bus) => bus.request(envelope, timeout).await,
+            Bus::Amqp(bus) => bus.request(envelope, timeout).await,
+        }
+    }
+
+    /// Answers a request delivery ([`Delivery::is_request`]). A requester that has gone away
+    /// (timed out) is not an error: the reply is dropped.
+    pub async fn reply(&self, to: &Delivery, reply: &Envelope) -> Result<(), BusError> {
+        let (Some(reply_to), correlation_id) = (to.reply_to.as_deref(), to.correlation_id.as_deref()) else {
+            return Err(BusError::Invalid(format!("delivery {} is not a request", to.envelope.id)));
+        };
+        match self {
+            Bus::InProcess(bus) => bus.reply(reply_to, reply),
+            Bus::Amqp(bus) => bus.reply(reply_to, correlation_id, reply).await,
+        }
+    }
+
+    /// Consumes the dead-letter queue; its deliveries carry [`Delivery::dead`]. Ack one once it
+    /// is filed (or [`Bus::replay`] it, then ack).
+    pub async fn dead_letters(&self) -> Result<Subscriber, BusError> {
+        match self {
+            Bus::InProcess(bus) => bus.dead_letters(),
+            Bus::Amqp(bus) => bus.dead_letters().await,
+        }
+    }
+
+    /// Puts `envelope` straight into `group`'s queue as a first attempt (the default exchange on
+    /// RabbitMQ), confirmed. [`BusError::Invalid`] when the group has no queue.
+    pub async fn replay(&self, group: &str, envelope: &Envelope) -> Result<(), BusError> {
+        match self {
+            Bus::InProcess(bus) => bus.replay(group, envelope),
+            Bus::Amqp(bus) => bus.replay(group, envelope).await,
+        }
+    }
+
+    /// The queues this bus declared or subscribed to (the group queues and the dead-letter
+    /// queue), by name.
+    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, BusError> {
+        match self {
+            Bus::InProcess(bus) => Ok(bus.queue_stats()),
+            Bus::Amqp(bus) => bus.queue_stats().await,
+        }
+    }
+
+    /// Whether the bus can publish now (RabbitMQ: connected).
+    pub async fn is_ready(&self) -> bool {
+        match self {
+            Bus::InProcess(bus) => bus.is_ready(),
+            Bus::Amqp(bus) => bus.is_ready(),
+        }
+    }
+
+    /// Whether [`Bus::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Bus::InProcess(bus) => !bus.is_ready(),
+            Bus::Amqp(bus) => bus.is_closed(),
+        }
+    }
+
+    /// Closes the bus: subscribers return `None` once drained, publishing fails with
+    /// [`BusError::Closed`].
+    pub async fn close(&self) {
+        match self {
+            Bus::InProcess(bus) => bus.close(),
+            Bus::Amqp(bus) => bus.close().await,
+        }
+    }
+
+    /// Deletes every exchange and queue of this bus's prefix that it knows of (declared or
+    /// subscribed, retry queues included). For tests and tear-down only: messages in them are
+    /// lost.
+    pub async fn delete_topology(&self) -> Result<(), BusError> {
+        match self {
+            Bus::InProcess(bus) => {
+                bus.delete_topology();
+                Ok(())
+            }
+            Bus::Amqp(bus) => bus.delete_topology().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_cross_tasks() {
+        send_sync::<Bus>();
+        send_sync::<Delivery>();
+        send_sync::<Subscriber>();
+        send_sync::<BusError>();
+    }
+
+    #[tokio::test]
+    async fn in_process_bus_reports_itself() {
+        let bus = Bus::in_process(BusConfig::default());
+        assert_eq!(bus.transport(), "in-process");
+        assert!(bus.is_ready().await);
+        assert_eq!(bus.config().prefix, "crm");
+        bus.close().await;
+        assert!(bus.is_closed());
+        assert!(!bus.is_ready().await);
+    }
+}

@@ -1,0 +1,329 @@
+//! The in-process bus, the embedded default: the same semantics as the RabbitMQ transport
+//! (topic bindings, one queue per group shared by competing subscribers, prefetch, redelivery
+//! of what a dropped subscriber held, retry with backoff, dead letters, replay, request/reply),
+//! with every message in this process's memory: a restart loses what was not yet acknowledged.
+
+mod broker;
+
+use crate::config::BusConfig;
+use crate::delivery::{DeadInfo, Delivery, Settle};
+use crate::envelope::Envelope;
+use crate::subscription::{QueueStats, Subscriber as BusSubscriber, Subscription};
+use crate::topology::{DEAD_LETTER_GROUP, Names};
+use crate::{BusError, telemetry, topic};
+use broker::{Message, State};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) const TRANSPORT: &str = "in-process";
+
+/// The in-process transport behind [`crate::Bus::InProcess`].
+#[derive(Debug, Clone)]
+pub struct InProcessBus {
+    broker: Arc<Broker>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Broker {
+    config: BusConfig,
+    names: Names,
+    state: Mutex<State>,
+}
+
+impl Broker {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Identifies an unacknowledged in-process delivery.
+#[derive(Debug)]
+pub(crate) struct Token {
+    broker: Weak<Broker>,
+    queue: String,
+    consumer: u64,
+    tag: u64,
+}
+
+impl InProcessBus {
+    pub(crate) fn new(config: BusConfig) -> Self {
+        let names = Names::new(&config.prefix).expect("a valid bus prefix");
+        let mut state = State::default();
+        state.declare(&names.dead_letter_queue(), DEAD_LETTER_GROUP);
+        Self { broker: Arc::new(Broker { config, names, state: Mutex::new(state) }) }
+    }
+
+    pub(crate) fn config(&self) -> &BusConfig {
+        &self.broker.config
+    }
+
+    fn weak(&self) -> Weak<Broker> {
+        Arc::downgrade(&self.broker)
+    }
+
+    fn open(&self) -> Result<MutexGuard<'_, State>, BusError> {
+        let state = self.broker.lock();
+        if state.closed {
+            return Err(BusError::Closed);
+        }
+        Ok(state)
+    }
+
+    fn route(&self, state: &mut State, message: Message) -> Result<(), BusError> {
+        let envelope = &message.envelope;
+        topic::validate_routing_key(&envelope.routing_key)?;
+        let queues = state.route(envelope.exchange, &envelope.routing_key);
+        if queues.is_empty() && envelope.exchange == crate::Exchange::Commands {
+            return Err(BusError::Rejected(format!("no queue is bound for command '{}'", envelope.routing_key)));
+        }
+        let weak = self.weak();
+        for queue in queues {
+            state.enqueue(&weak, &queue, message.clone(), false);
+        }
+        telemetry::published(TRANSPORT, envelope.exchange, 1);
+        Ok(())
+    }
+
+    pub(crate) fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+        tracing::debug!(envelope.id = %envelope.id, envelope.kind = %envelope.kind, request_id = envelope.trace.request_id.as_deref(), routing_key = %envelope.routing_key, "publish");
+        let mut state = self.open()?;
+        self.route(&mut state, Message::new(envelope.clone()))
+    }
+
+    pub(crate) fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
+        let mut state = self.open()?;
+        let mut first_error = None;
+        for envelope in envelopes {
+            if let Err(err) = self.route(&mut state, Message::new(envelope.clone())) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Declares the group's queue and bindings, returning the state (locked) and the queue.
+    fn declare_locked(&self, subscription: &Subscription) -> Result<(MutexGuard<'_, State>, String), BusError> {
+        let queue = self.broker.names.group_queue(&subscription.group)?;
+        for pattern in &subscription.bindings {
+            topic::validate_pattern(pattern)?;
+        }
+        let mut state = self.open()?;
+        state.declare(&queue, &subscription.group);
+        for pattern in &subscription.bindings {
+            state.bind(subscription.exchange, pattern, &queue);
+        }
+        Ok((state, queue))
+    }
+
+    pub(crate) fn declare(&self, subscription: &Subscription) -> Result<(), BusError> {
+        self.declare_locked(subscription).map(drop)
+    }
+
+    pub(crate) fn subscribe(&self, subscription: Subscription) -> Result<BusSubscriber, BusError> {
+        let (mut state, queue) = self.declare_locked(&subscription)?;
+        Ok(self.consume(&mut state, queue, subscription.group, subscription.prefetch))
+    }
+
+    fn consume(&self, state: &mut State, queue: String, group: String, prefetch: u16) -> BusSubscriber {
+        let (consumer, rx) = state.add_consumer(&self.weak(), &queue, prefetch);
+        BusSubscriber::in_process(Subscriber { broker: self.broker.clone(), queue, group, consumer, rx })
+    }
+
+    pub(crate) fn dead_letters(&self) -> Result<BusSubscriber, BusError> {
+        let mut state = self.open()?;
+        let queue = self.broker.names.dead_letter_queue();
+        state.declare(&queue, DEAD_LETTER_GROUP);
+        Ok(self.consume(&mut state, queue, DEAD_LETTER_GROUP.to_owned(), 100))
+    }
+
+    pub(crate) async fn request(&self, envelope: &Envelope, timeout: Duration) -> Result<Envelope, BusError> {
+        let reply_to = format!("in-process.reply.{}", uuid::Uuid::new_v4());
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.open()?;
+            state.replies.insert(reply_to.clone(), tx);
+            let message =
+                Message { reply_to: Some(reply_to.clone()), correlation_id: Some(envelope.id.clone()), ..Message::new(envelope.clone()) };
+            if let Err(err) = self.route(&mut state, message) {
+                state.replies.remove(&reply_to);
+                return Err(err);
+            }
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => {
+                self.broker.lock().replies.remove(&reply_to);
+                Err(BusError::Timeout(format!("no reply to {} within {timeout:?}", envelope.id)))
+            }
+        }
+    }
+
+    pub(crate) fn reply(&self, reply_to: &str, reply: &Envelope) -> Result<(), BusError> {
+        let waiter = self.open()?.replies.remove(reply_to);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(reply.clone());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn replay(&self, group: &str, envelope: &Envelope) -> Result<(), BusError> {
+        let queue = self.broker.names.group_queue(group)?;
+        let mut state = self.open()?;
+        if !state.enqueue(&self.weak(), &queue, Message::new(envelope.clone()), false) {
+            return Err(BusError::Invalid(format!("group '{group}' has no queue")));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn queue_stats(&self) -> Vec<QueueStats> {
+        let state = self.broker.lock();
+        state
+            .queues
+            .iter()
+            .map(|(name, q)| QueueStats {
+                queue: name.clone(),
+                group: q.group.clone(),
+                messages: q.ready.len() as u64,
+                consumers: u32::try_from(q.consumers.len()).unwrap_or(u32::MAX),
+            })
+            .collect()
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.broker.lock().closed
+    }
+
+    pub(crate) fn close(&self) {
+        let mut state = self.broker.lock();
+        state.closed = true;
+        state.clear(false);
+    }
+
+    pub(crate) fn delete_topology(&self) {
+        let mut state = self.broker.lock();
+        state.clear(true);
+        state.declare(&self.broker.names.dead_letter_queue(), DEAD_LETTER_GROUP);
+    }
+}
+
+/// An in-process subscriber: the receiving end of its consumer's deliveries.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    broker: Arc<Broker>,
+    queue: String,
+    group: String,
+    consumer: u64,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+}
+
+impl Subscriber {
+    pub(crate) async fn next(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+
+    pub(crate) fn try_next(&mut self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
+
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let weak = Arc::downgrade(&self.broker);
+        self.broker.lock().remove_consumer(&weak, &self.queue, self.consumer);
+    }
+}
+
+fn token(delivery: &Delivery) -> &Token {
+    match &delivery.settle {
+        Settle::InProcess(token) => token,
+        Settle::Amqp(_) => unreachable!("an in-process delivery"),
+    }
+}
+
+/// Settles `delivery` under the broker lock with `then`, or fails when its subscriber is gone.
+fn settle(delivery: Delivery, then: impl FnOnce(&Arc<Broker>, &mut State, Message, Delivery)) -> Result<(), BusError> {
+    let token = token(&delivery);
+    let broker = token.broker.upgrade().ok_or(BusError::Closed)?;
+    let mut state = broker.lock();
+    let Some(message) = state.take_unacked(token) else {
+        return Err(gone());
+    };
+    let (weak, queue) = (token.broker.clone(), token.queue.clone());
+    then(&broker, &mut state, message, delivery);
+    state.dispatch(&weak, &queue);
+    Ok(())
+}
+
+fn gone() -> BusError {
+    BusError::Unavailable("the subscriber of this delivery is gone; the message was redelivered".into())
+}
+
+pub(crate) fn ack(delivery: Delivery) -> Result<(), BusError> {
+    settle(delivery, |_, _, _, delivery| telemetry::acked(TRANSPORT, &delivery.group, 1))
+}
+
+pub(crate) fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BusError> {
+    let mut first_error = None;
+    for delivery in deliveries {
+        if let Err(err) = ack(delivery) {
+            first_error.get_or_insert(err);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+pub(crate) fn requeue(delivery: Delivery) -> Result<(), BusError> {
+    settle(delivery, |broker, state, mut message, delivery| {
+        message.redelivered = true;
+        state.enqueue(&Arc::downgrade(broker), &token(&delivery).queue, message, true);
+    })
+}
+
+pub(crate) fn dead_letter(delivery: Delivery, reason: &str) -> Result<(), BusError> {
+    settle(delivery, |broker, state, message, delivery| bury(broker, state, message, &delivery.group, reason))
+}
+
+fn bury(broker: &Arc<Broker>, state: &mut State, mut message: Message, group: &str, reason: &str) {
+    tracing::warn!(envelope.id = %message.envelope.id, envelope.kind = %message.envelope.kind, group, reason, attempts = message.attempt, "dead-lettered");
+    message.dead =
+        Some(DeadInfo { group: group.to_owned(), reason: reason.to_owned(), attempts: message.attempt, dead_at: chrono::Utc::now() });
+    message.redelivered = false;
+    state.enqueue(&Arc::downgrade(broker), &broker.names.dead_letter_queue(), message, false);
+    telemetry::dead_lettered(TRANSPORT, group);
+}
+
+pub(crate) fn retry(delivery: Delivery, reason: &str) -> Result<(), BusError> {
+    settle(delivery, |broker, state, mut message, delivery| {
+        let policy = &broker.config.retry;
+        if policy.exhausted(message.attempt) {
+            bury(broker, state, message, &delivery.group, reason);
+            return;
+        }
+        let delay = policy.delay_after(message.attempt);
+        tracing::info!(envelope.id = %message.envelope.id, group = %delivery.group, attempt = message.attempt, ?delay, reason, "retry");
+        telemetry::retried(TRANSPORT, &delivery.group);
+        message.attempt += 1;
+        message.redelivered = false;
+        let queue = token(&delivery).queue.clone();
+        if delay.is_zero() {
+            state.enqueue(&Arc::downgrade(broker), &queue, message, false);
+            return;
+        }
+        let weak = Arc::downgrade(broker);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(broker) = weak.upgrade() {
+                let mut state = broker.lock();
+                if !state.closed {
+                    state.enqueue(&weak, &queue, message, false);
+                }
+            }
+        });
+    })
+}

@@ -1,0 +1,569 @@
+//! The communications log and the media index in the store: their tables as resources (so the
+//! generic create / get / update / delete / list serve the API), and the operations the bus side
+//! of the core needs: logging a batch of inbound messages exactly once, threading, delivery
+//! reports, file-store results, the unmatched inbox, and records whose creation asks a connector
+//! to act (written with their outbox messages in one transaction).
+
+use crate::audit;
+use crate::db::{Dialect, Row, Sql, Tx, Value};
+use crate::outbox::{enqueue, skip_locked};
+use crate::query::{CommsFilter, MediaFilter, SortKind};
+use crate::resources::{Resource, Table, decode, insert_with_id, json, load_locked, now, overwrite, sort};
+use crate::{Result, Store, StoreError};
+use crm_domain::Record;
+use crm_domain::comms::{AddressKind, CommsEntry, DeliveryStatus, Direction, MatchInfo, Media, MediaStatus, Triage};
+use crm_domain::contact::{Contact, ContactType};
+use crm_domain::customer::Customer;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+impl Resource for CommsEntry {
+    type Filter = CommsFilter;
+}
+
+impl Table for CommsEntry {
+    const TABLE: &'static str = "comms_log";
+    const SORTS: &'static [crate::query::SortKey] = &[
+        sort("occurred_at", "occurred_at", SortKind::Time),
+        sort("created_at", "created_at", SortKind::Time),
+        sort("updated_at", "updated_at", SortKind::Time),
+    ];
+
+    fn columns(&self) -> Vec<(&'static str, Value)> {
+        vec![
+            ("customer_id", Value::Uuid(self.customer_id)),
+            ("kind", Value::Text(Some(self.kind.as_str().into()))),
+            ("direction", Value::Text(Some(self.direction.as_str().into()))),
+            ("occurred_at", Value::Time(Some(self.occurred_at))),
+            ("ext_key", Value::Text(self.ext_key())),
+            ("raw_event_id", Value::Text(self.raw_event_id.clone())),
+            ("thread_id", Value::Uuid(self.thread_id)),
+            ("triage", Value::Text(self.triage.map(|t| t.as_str().into()))),
+            ("delivery_status", Value::Text(self.delivery_status.map(|s| s.as_str().into()))),
+        ]
+    }
+
+    fn search_text(&self) -> String {
+        CommsEntry::search_text(self)
+    }
+
+    fn unique_conflict(&self) -> StoreError {
+        StoreError::conflict(Some("/ext_message_id"), "this message is already in the log")
+    }
+}
+
+/// The key that makes a channel message unique in the log: `<type>:<channel message id>`.
+trait ExtKey {
+    fn ext_key(&self) -> Option<String>;
+}
+
+impl ExtKey for CommsEntry {
+    fn ext_key(&self) -> Option<String> {
+        self.ext_message_id.as_ref().map(|id| ext_key(self.kind.as_str(), id))
+    }
+}
+
+/// The unique key of a channel message id on a channel (`email:<id@host>`).
+pub fn ext_key(channel: &str, channel_message_id: &str) -> String {
+    format!("{channel}:{channel_message_id}")
+}
+
+impl Resource for Media {
+    type Filter = MediaFilter;
+}
+
+impl Table for Media {
+    const TABLE: &'static str = "media";
+    const SORTS: &'static [crate::query::SortKey] =
+        &[sort("created_at", "created_at", SortKind::Time), sort("updated_at", "updated_at", SortKind::Time)];
+
+    fn columns(&self) -> Vec<(&'static str, Value)> {
+        vec![
+            ("customer_id", Value::Uuid(self.customer_id)),
+            ("order_id", Value::Uuid(self.order_id)),
+            ("comms_id", Value::Uuid(self.comms_id)),
+            ("status", Value::Text(Some(self.status.as_str().into()))),
+        ]
+    }
+
+    fn search_text(&self) -> String {
+        Media::search_text(self)
+    }
+}
+
+/// An inbound message, matched and ready to log.
+#[derive(Debug, Clone)]
+pub struct InboundEntry {
+    /// The id the entry gets.
+    pub id: Uuid,
+    /// The entry (customer or `triage: unmatched` decided by the caller; thread left to the store).
+    pub entry: CommsEntry,
+    /// Channel keys ([`ext_key`]) of the messages it answers, most direct first.
+    pub answers: Vec<String>,
+    /// Log entries it answers, named by our own outbound message ids.
+    pub answers_entries: Vec<Uuid>,
+    /// Files to index with it (their ids chosen by the caller).
+    pub media: Vec<(Uuid, Media)>,
+    /// Outbox messages (CloudEvents structured JSON) to send if the entry is new.
+    pub commands: Vec<serde_json::Value>,
+}
+
+/// What logging an inbound message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logged {
+    /// A new entry.
+    Created(Uuid),
+    /// The message was already in the log (a redelivery): nothing changed.
+    Duplicate(Uuid),
+}
+
+/// The outcome of storing a file, reported by the files connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileStored {
+    /// Stored at `path`.
+    Stored {
+        /// Path in the file store.
+        path: String,
+        /// Size in bytes.
+        size: u64,
+        /// SHA-256, hex.
+        sha256: String,
+    },
+    /// Refused.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What assigning an unmatched entry did.
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    /// The entry, now the customer's.
+    pub entry: Record<CommsEntry>,
+    /// Whether the sender's address was added to the customer's contacts.
+    pub contact_added: bool,
+    /// Other unmatched entries from the same address assigned with it.
+    pub also_assigned: u64,
+}
+
+impl Store {
+    /// Live customers found by matcher lookup keys, in one query for a whole batch: each
+    /// `(kind, value)` pair with the customers whose canonical contact (`email` lower case,
+    /// `phone` E.164) or folded name (`name`, exact) equals the value.
+    pub async fn customers_by_keys(&self, keys: &[(&str, &str)]) -> Result<Vec<(String, String, Uuid)>> {
+        let (names, contacts): (Vec<_>, Vec<_>) = keys.iter().partition(|(kind, _)| *kind == "name");
+        let mut found = Vec::new();
+        for kind in ["email", "phone"] {
+            let values: Vec<String> = contacts.iter().filter(|(k, _)| *k == kind).map(|(_, v)| (*v).to_owned()).collect();
+            if values.is_empty() {
+                continue;
+            }
+            let mut sql = Sql::new(
+                "SELECT DISTINCT k.key AS k, k.customer_id AS id FROM customer_keys k \
+                 JOIN customers c ON c.id = k.customer_id WHERE c.deleted_at IS NULL AND k.kind = ",
+            );
+            sql.bind(Value::Text(Some(kind.into()))).push(" AND k.key IN (");
+            push_list(&mut sql, values);
+            for row in self.fetch_all(&sql).await? {
+                found.push((kind.to_owned(), row.get::<String>("k")?, row.uuid("id")?));
+            }
+        }
+        if !names.is_empty() {
+            let mut sql = Sql::new("SELECT name_key AS k, id FROM customers WHERE deleted_at IS NULL AND name_key IN (");
+            push_list(&mut sql, names.iter().map(|(_, v)| (*v).to_owned()).collect());
+            for row in self.fetch_all(&sql).await? {
+                found.push(("name".to_owned(), row.get::<String>("k")?, row.uuid("id")?));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Live customers whose folded name contains every one of `words` (a fuzzy match; at most
+    /// `limit`).
+    pub async fn customers_by_name_words(&self, words: &[&str], limit: u32) -> Result<Vec<Uuid>> {
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new("SELECT id FROM customers WHERE deleted_at IS NULL");
+        for word in words {
+            sql.push(" AND name_key LIKE ").bind(Value::Text(Some(format!("%{}%", crate::db::escape_like(word))))).push(" ESCAPE '\\'");
+        }
+        sql.push(&format!(" LIMIT {limit}"));
+        self.fetch_all(&sql).await?.iter().map(|row| row.uuid("id")).collect()
+    }
+
+    /// Logs a batch of inbound messages in one transaction. A message already in the log (same
+    /// channel and channel message id, or same bus event) is reported as a duplicate and changes
+    /// nothing, also when another core instance logs it at the same moment. Replies join the
+    /// thread of the message they answer. Not audited: the entry records the event it came from.
+    #[tracing::instrument(skip_all, fields(batch = batch.len()))]
+    pub async fn log_inbound(&self, mut batch: Vec<InboundEntry>) -> Result<Vec<Logged>> {
+        // Another core may log a message of the batch between our look and our insert, which
+        // then skips it. The whole batch is decided again, seeing that entry both as a duplicate
+        // and as a thread. Each retry finds at least one more key of the batch logged, so this
+        // ends; only an item whose id (not key) is taken can exhaust it.
+        for _ in 0..=2 * batch.len() {
+            if let Some(outcomes) = self.try_log_inbound(&mut batch).await? {
+                return Ok(outcomes);
+            }
+        }
+        Err(StoreError::Corrupt("an inbound entry clashes with a log entry that has none of its keys".into()))
+    }
+
+    /// One attempt at [`Store::log_inbound`]: `None`, with nothing written, when another writer
+    /// logged a message of the batch since we looked.
+    async fn try_log_inbound(&self, batch: &mut [InboundEntry]) -> Result<Option<Vec<Logged>>> {
+        let now = now();
+        let mut tx = self.begin().await?;
+        let existing = existing_entries(&mut tx, batch).await?;
+        let threads = threads_of(&mut tx, batch).await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        // The keys and threads of the entries this batch adds, for the items after them.
+        let mut seen: HashMap<String, Uuid> = HashMap::new();
+        let mut thread_of: HashMap<Uuid, Uuid> = HashMap::new();
+        for item in batch.iter_mut() {
+            let keys = [item.entry.ext_key(), item.entry.raw_event_id.clone()];
+            if let Some(id) = keys.iter().flatten().find_map(|k| existing.get(k).or_else(|| seen.get(k))) {
+                outcomes.push(Logged::Duplicate(*id));
+                continue;
+            }
+            let thread = item
+                .answers
+                .iter()
+                .find_map(|key| threads.by_key.get(key).or_else(|| seen.get(key).and_then(|id| thread_of.get(id))))
+                .or_else(|| item.answers_entries.iter().find_map(|id| threads.by_id.get(id)))
+                .copied()
+                .unwrap_or(item.id);
+            item.entry.thread_id = Some(thread);
+            thread_of.insert(item.id, thread);
+            for key in keys.into_iter().flatten() {
+                seen.insert(key, item.id);
+            }
+            outcomes.push(Logged::Created(item.id));
+        }
+        let new: Vec<&InboundEntry> = batch.iter().filter(|i| thread_of.contains_key(&i.id)).collect();
+        let inserted = insert_entries(&mut tx, &new, now).await?;
+        if inserted.len() < new.len() {
+            return Ok(None);
+        }
+        for item in new {
+            for (id, media) in &item.media {
+                let mut media = media.clone();
+                media.comms_id = Some(item.id);
+                insert_with_id(&mut tx, *id, media, now).await?;
+            }
+            for command in &item.commands {
+                enqueue(&mut tx, command, now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(outcomes))
+    }
+
+    /// Creates a record and the outbox messages that ask connectors to act on it, in one
+    /// transaction with its audit record: either both are stored or neither.
+    #[allow(private_bounds)]
+    pub async fn create_with_commands<R: Resource>(&self, id: Uuid, data: R, commands: &[serde_json::Value]) -> Result<Record<R>> {
+        let now = now();
+        let mut tx = self.begin().await?;
+        let record = insert_with_id(&mut tx, id, data, now).await?;
+        audit::record_change(&mut tx, &self.actor, "create", R::TABLE, record.id, None, Some(&record.data)).await?;
+        for command in commands {
+            enqueue(&mut tx, command, now).await?;
+        }
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Records a delivery report for an outbound entry, found by id or by its channel key. A
+    /// report never moves the status back (reports arrive out of order). The first channel
+    /// message id reported becomes the entry's, so replies to it find the thread. Returns the
+    /// entry, or `None` when no outbound entry is known for the report.
+    pub async fn record_delivery(
+        &self,
+        entry_id: Option<Uuid>,
+        channel_key: Option<(&str, &str)>,
+        status: DeliveryStatus,
+        reason: Option<String>,
+    ) -> Result<Option<Record<CommsEntry>>> {
+        let mut tx = self.begin().await?;
+        let id = match (entry_id, channel_key) {
+            (Some(id), _) => Some(id),
+            (None, Some((channel, message_id))) => find_by_ext_key(&mut tx, &ext_key(channel, message_id)).await?,
+            (None, None) => None,
+        };
+        let Some(id) = id else { return Ok(None) };
+        let current = match load_locked::<CommsEntry>(&mut tx, id, None).await {
+            Ok(current) if current.data.direction == Direction::Outbound => current,
+            Ok(_) | Err(StoreError::NotFound) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let mut next = current.data.clone();
+        if let (None, Some((_, message_id))) = (&next.ext_message_id, channel_key) {
+            next.ext_message_id = Some(message_id.to_owned());
+        }
+        let from = next.delivery_status.unwrap_or(DeliveryStatus::Queued);
+        if from.advances_to(status) {
+            next.delivery_status = Some(status);
+            next.status_reason = reason;
+        }
+        if next == current.data {
+            return Ok(Some(current));
+        }
+        let record = overwrite(&mut tx, &current, next, now()).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    /// Records what the file store did with a media record's file, on the media record and on
+    /// the log entry it came with. Reports for unknown or deleted media are ignored (`None`).
+    pub async fn record_file_result(&self, media_id: Uuid, result: FileStored) -> Result<Option<Record<Media>>> {
+        let now = now();
+        let mut tx = self.begin().await?;
+        let current = match load_locked::<Media>(&mut tx, media_id, Some(false)).await {
+            Ok(current) => current,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let mut media = current.data.clone();
+        match &result {
+            FileStored::Stored { path, size, sha256 } => {
+                media.status = MediaStatus::Stored;
+                media.nextcloud_path = Some(path.clone());
+                media.size = Some(*size);
+                media.sha256 = Some(sha256.clone());
+                media.status_reason = None;
+            }
+            FileStored::Failed { reason } => {
+                if media.status == MediaStatus::Stored {
+                    // A late failure report of a redelivered command: the file is there.
+                    return Ok(Some(current));
+                }
+                media.status = MediaStatus::Failed;
+                media.status_reason = Some(reason.clone());
+            }
+        }
+        if media == current.data {
+            return Ok(Some(current));
+        }
+        let record = overwrite(&mut tx, &current, media, now).await?;
+        if let Some(comms_id) = record.data.comms_id
+            && let Ok(entry) = load_locked::<CommsEntry>(&mut tx, comms_id, None).await
+        {
+            let mut next = entry.data.clone();
+            for attachment in next.attachments.iter_mut().filter(|a| a.media_id == Some(media_id)) {
+                match &result {
+                    FileStored::Stored { path, .. } => {
+                        attachment.nextcloud_path = Some(path.clone());
+                        attachment.refused = None;
+                    }
+                    FileStored::Failed { reason } => attachment.refused = Some(reason.clone()),
+                }
+            }
+            if next != entry.data {
+                overwrite(&mut tx, &entry, next, now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    /// Assigns an entry of the unmatched inbox to a customer, adds the sender's address to the
+    /// customer's contacts (unless it is there already), and assigns every other unmatched
+    /// entry from the same address with it. Audited.
+    pub async fn assign_unmatched(&self, entry_id: Uuid, customer_id: Uuid, expected_version: Option<i64>) -> Result<Assigned> {
+        let now = now();
+        let mut tx = self.begin().await?;
+        let current = load_locked::<CommsEntry>(&mut tx, entry_id, Some(false)).await?;
+        crate::resources::check_version(&current, expected_version)?;
+        if current.data.triage != Some(Triage::Unmatched) {
+            return Err(StoreError::conflict(Some("/triage"), "the entry is not in the unmatched inbox"));
+        }
+        let customer = load_locked::<Customer>(&mut tx, customer_id, Some(false)).await.map_err(|e| {
+            if matches!(e, StoreError::NotFound) {
+                crm_domain::Violations::one("/customer_id", format!("no customer {customer_id}")).into()
+            } else {
+                e
+            }
+        })?;
+        let address = current.data.channel_address.clone();
+        let match_info = MatchInfo { confidence: 100, reason: "assigned by a user".into(), matcher: actor_label(&self.actor) };
+        let mut contact_added = false;
+        if let Some(address) = address.as_ref()
+            && let Some(normalized) = address.normalized.clone()
+        {
+            let kind = match address.kind {
+                AddressKind::Email => ContactType::Email,
+                AddressKind::Phone => ContactType::Phone,
+            };
+            let known = customer.data.contacts.iter().any(|c| c.normalized == normalized);
+            if !known {
+                let mut next = customer.data.clone();
+                next.contacts.push(Contact { kind, label: address.name.clone(), value: address.value.clone(), normalized, primary: false });
+                let updated = overwrite(&mut tx, &customer, next, now).await?;
+                audit::record_change(&mut tx, &self.actor, "update", "customers", customer_id, Some(&customer.data), Some(&updated.data))
+                    .await?;
+                contact_added = true;
+            }
+        }
+        let assign = |entry: &Record<CommsEntry>| {
+            let mut next = entry.data.clone();
+            next.customer_id = Some(customer_id);
+            next.triage = Some(Triage::Assigned);
+            next.matched = Some(match_info.clone());
+            next
+        };
+        let next = assign(&current);
+        let record = overwrite(&mut tx, &current, next, now).await?;
+        audit::record_change(&mut tx, &self.actor, "assign", CommsEntry::TABLE, entry_id, Some(&current.data), Some(&record.data)).await?;
+        let mut also_assigned = 0;
+        if let Some(normalized) = address.and_then(|a| a.normalized) {
+            for other in unmatched_from(&mut tx, &normalized, entry_id).await? {
+                let next = assign(&other);
+                let updated = overwrite(&mut tx, &other, next, now).await?;
+                audit::record_change(&mut tx, &self.actor, "assign", CommsEntry::TABLE, other.id, Some(&other.data), Some(&updated.data))
+                    .await?;
+                also_assigned += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(Assigned { entry: record, contact_added, also_assigned })
+    }
+
+    /// Dismisses an entry of the unmatched inbox (spam, not a customer). Audited.
+    pub async fn dismiss_unmatched(&self, entry_id: Uuid, expected_version: Option<i64>) -> Result<Record<CommsEntry>> {
+        let mut tx = self.begin().await?;
+        let current = load_locked::<CommsEntry>(&mut tx, entry_id, Some(false)).await?;
+        crate::resources::check_version(&current, expected_version)?;
+        if current.data.triage != Some(Triage::Unmatched) {
+            return Err(StoreError::conflict(Some("/triage"), "the entry is not in the unmatched inbox"));
+        }
+        let mut next = current.data.clone();
+        next.triage = Some(Triage::Dismissed);
+        let record = overwrite(&mut tx, &current, next, now()).await?;
+        audit::record_change(&mut tx, &self.actor, "dismiss", CommsEntry::TABLE, entry_id, Some(&current.data), Some(&record.data)).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+}
+
+/// Entries already logged under any key of the batch: key → entry id.
+async fn existing_entries(tx: &mut Tx, batch: &[InboundEntry]) -> Result<HashMap<String, Uuid>> {
+    let ext: Vec<String> = batch.iter().filter_map(|i| i.entry.ext_key()).collect();
+    let raw: Vec<String> = batch.iter().filter_map(|i| i.entry.raw_event_id.clone()).collect();
+    let mut found = HashMap::new();
+    for (column, keys) in [("ext_key", ext), ("raw_event_id", raw)] {
+        if keys.is_empty() {
+            continue;
+        }
+        let mut sql = Sql::new(format!("SELECT id, {column} AS k FROM comms_log WHERE {column} IN ("));
+        push_list(&mut sql, keys);
+        for row in tx.fetch_all(&sql).await? {
+            found.insert(row.get::<String>("k")?, row.uuid("id")?);
+        }
+    }
+    Ok(found)
+}
+
+/// Thread ids of the entries a batch answers, by channel key and by entry id.
+struct Threads {
+    by_key: HashMap<String, Uuid>,
+    by_id: HashMap<Uuid, Uuid>,
+}
+
+async fn threads_of(tx: &mut Tx, batch: &[InboundEntry]) -> Result<Threads> {
+    let keys: Vec<String> = batch.iter().flat_map(|i| i.answers.iter().cloned()).collect();
+    let ids: Vec<Uuid> = batch.iter().flat_map(|i| i.answers_entries.iter().copied()).collect();
+    let mut threads = Threads { by_key: HashMap::new(), by_id: HashMap::new() };
+    let thread = |row: &Row| -> Result<Uuid> { Ok(row.optional_uuid("thread_id")?.unwrap_or(row.uuid("id")?)) };
+    if !keys.is_empty() {
+        let mut sql = Sql::new("SELECT id, thread_id, ext_key FROM comms_log WHERE ext_key IN (");
+        push_list(&mut sql, keys);
+        for row in tx.fetch_all(&sql).await? {
+            threads.by_key.insert(row.get::<String>("ext_key")?, thread(&row)?);
+        }
+    }
+    if !ids.is_empty() {
+        let mut sql = Sql::new("SELECT id, thread_id FROM comms_log WHERE id IN (");
+        for (i, id) in ids.into_iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(Value::Uuid(Some(id)));
+        }
+        sql.push(")");
+        for row in tx.fetch_all(&sql).await? {
+            threads.by_id.insert(row.uuid("id")?, thread(&row)?);
+        }
+    }
+    Ok(threads)
+}
+
+fn push_list(sql: &mut Sql, values: Vec<String>) {
+    for (i, value) in values.into_iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(Value::Text(Some(value)));
+    }
+    sql.push(")");
+}
+
+/// Inserts log entries in one statement, skipping any that another writer logged meanwhile;
+/// returns the ids actually inserted. Rows go in key order, so that two writers of the same
+/// messages wait for each other instead of deadlocking on each other's half-inserted rows.
+async fn insert_entries(tx: &mut Tx, items: &[&InboundEntry], now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Uuid>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut items = items.to_vec();
+    items.sort_by_cached_key(|i| (i.entry.ext_key(), i.entry.raw_event_id.clone()));
+    let columns = items[0].entry.columns();
+    let mut sql = Sql::new(format!(
+        "INSERT INTO comms_log (id, version, created_at, updated_at, search_text, doc{}) VALUES ",
+        columns.iter().map(|(c, _)| format!(", {c}")).collect::<String>()
+    ));
+    for (i, item) in items.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" });
+        sql.bind(Value::Uuid(Some(item.id))).push(", 1, ").bind(Value::Time(Some(now))).push(", ").bind(Value::Time(Some(now)));
+        sql.push(", ").bind(Value::Text(Some(item.entry.search_text()))).push(", ").bind(json(&item.entry)?);
+        for (_, value) in item.entry.columns() {
+            sql.push(", ").bind(value);
+        }
+        sql.push(")");
+    }
+    sql.push(" ON CONFLICT DO NOTHING RETURNING id");
+    tx.fetch_all(&sql).await?.iter().map(|row| row.uuid("id")).collect()
+}
+
+async fn find_by_ext_key(tx: &mut Tx, key: &str) -> Result<Option<Uuid>> {
+    let mut sql = Sql::new("SELECT id FROM comms_log WHERE ext_key = ");
+    sql.bind(Value::Text(Some(key.into())));
+    tx.fetch_optional(&sql).await?.map(|row| row.uuid("id")).transpose()
+}
+
+/// Live unmatched entries from the sender with this normalised address, except `except`, locked.
+/// Only that sender's entries are locked (locking the whole inbox made two users assigning
+/// different senders at once deadlock), and entries another transaction holds are skipped:
+/// someone is assigning or changing them right now.
+async fn unmatched_from(tx: &mut Tx, normalized: &str, except: Uuid) -> Result<Vec<Record<CommsEntry>>> {
+    let backend = tx.backend();
+    let mut sql = Sql::new(format!(
+        "SELECT {} FROM comms_log WHERE deleted_at IS NULL AND triage = 'unmatched' \
+         AND doc -> 'channel_address' ->> 'normalized' = ",
+        backend.record_columns()
+    ));
+    sql.bind(Value::Text(Some(normalized.to_owned()))).push(" AND id <> ").bind(Value::Uuid(Some(except)));
+    sql.push(" ORDER BY id").push(skip_locked(backend));
+    tx.fetch_all(&sql).await?.iter().map(decode::<CommsEntry>).collect()
+}
+
+/// `user:<id>`, `api_key:<id>` or `system`: who made a decision, as the log records it.
+fn actor_label(actor: &crate::Actor) -> String {
+    let kind = crate::query::serde_plain(&actor.kind);
+    match actor.id {
+        Some(id) => format!("{kind}:{id}"),
+        None => kind,
+    }
+}

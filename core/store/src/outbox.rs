@@ -1,0 +1,359 @@
+//! The core's side of the bus in the store: the transactional outbox (messages written with the
+//! change that asks for them, published later by the relay), the dead letters filed for ops, and
+//! the connector instances seen through their heartbeats.
+
+use crate::db::{Sql, Tx, Value};
+use crate::query::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::resources::{json, now};
+use crate::{Result, Store, StoreError};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Writes an outbox message inside the caller's transaction.
+pub(crate) async fn enqueue(tx: &mut Tx, envelope: &serde_json::Value, now: DateTime<Utc>) -> Result<()> {
+    let mut sql = Sql::new("INSERT INTO outbox (envelope, created_at) VALUES (");
+    sql.bind(json(envelope)?).push(", ").bind(Value::Time(Some(now))).push(")");
+    tx.execute(&sql).await?;
+    Ok(())
+}
+
+/// An outbox message claimed for publishing.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    /// Its place in the outbox.
+    pub seq: i64,
+    /// The CloudEvents structured JSON.
+    pub envelope: serde_json::Value,
+    /// Earlier failed attempts.
+    pub attempts: i64,
+}
+
+/// A dead letter filed for ops.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    /// Identifier.
+    pub id: Uuid,
+    /// The consumer group that gave up on it (`core.events`, `connector.email.commands`).
+    pub consumer: String,
+    /// The message's CloudEvents id.
+    pub envelope_id: String,
+    /// The message's CloudEvents type.
+    pub event_type: String,
+    /// Its routing key.
+    pub routing_key: String,
+    /// The whole message (CloudEvents structured JSON).
+    pub envelope: serde_json::Value,
+    /// Why it was given up on.
+    pub reason: String,
+    /// How many times it was tried.
+    pub attempts: i64,
+    /// When it was given up on.
+    pub dead_at: DateTime<Utc>,
+    /// `dead`, `replayed` or `discarded`.
+    pub status: String,
+    /// When it was replayed or discarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Who replayed or discarded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+}
+
+/// A connector instance as its last heartbeat described it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ConnectorInstance {
+    /// Connector name.
+    pub name: String,
+    /// Instance (host and process).
+    pub instance: String,
+    /// Version.
+    pub version: String,
+    /// Channel.
+    pub channel: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub last_heartbeat: DateTime<Utc>,
+    /// The state it reported (`starting`, `ready`, `degraded`, `stopping`).
+    pub state: String,
+    /// Detail it reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Commands in flight.
+    pub in_flight: i64,
+    /// Seconds between its heartbeats.
+    pub interval_seconds: i64,
+}
+
+impl Store {
+    /// Claims up to `limit` unsent outbox messages, oldest first, for `lease`: another relay
+    /// skips them until the lease ends, so a relay that dies mid-publish only delays them.
+    pub async fn claim_outbox(&self, limit: u32, lease: Duration) -> Result<Vec<OutboxMessage>> {
+        let now = now();
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("UPDATE outbox SET lease_until = ");
+        sql.bind(Value::Time(Some(now + lease)));
+        sql.push(" WHERE seq IN (SELECT seq FROM outbox WHERE sent_at IS NULL AND (lease_until IS NULL OR lease_until < ")
+            .bind(Value::Time(Some(now)))
+            .push(&format!(") ORDER BY seq LIMIT {limit}{})", skip_locked(tx.backend())));
+        sql.push(&format!(" RETURNING seq, {} AS envelope, attempts", json_text(tx.backend(), "envelope")));
+        let rows = tx.fetch_all(&sql).await?;
+        tx.commit().await?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in rows {
+            let text = row.get::<String>("envelope")?;
+            let envelope = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("outbox envelope: {e}")))?;
+            messages.push(OutboxMessage { seq: row.get("seq")?, envelope, attempts: row.get("attempts")? });
+        }
+        messages.sort_by_key(|m| m.seq);
+        Ok(messages)
+    }
+
+    /// Marks outbox messages published.
+    pub async fn outbox_sent(&self, seqs: &[i64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("UPDATE outbox SET sent_at = ");
+        sql.bind(Value::Time(Some(now()))).push(", lease_until = NULL WHERE seq IN (");
+        push_ints(&mut sql, seqs);
+        tx.execute(&sql).await?;
+        tx.commit().await
+    }
+
+    /// Releases claimed messages that could not be published, with the error, for a later try.
+    pub async fn outbox_failed(&self, seqs: &[i64], error: &str) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("UPDATE outbox SET lease_until = NULL, attempts = attempts + 1, last_error = ");
+        sql.bind(Value::Text(Some(error.chars().take(1_000).collect()))).push(" WHERE seq IN (");
+        push_ints(&mut sql, seqs);
+        tx.execute(&sql).await?;
+        tx.commit().await
+    }
+
+    /// How many outbox messages wait to be published, and the age of the oldest.
+    pub async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>)> {
+        let rows = self.fetch_all(&Sql::new("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL")).await?;
+        let row = rows.first().ok_or_else(|| StoreError::Corrupt("no count".into()))?;
+        Ok((row.get("n")?, row.time("oldest")?))
+    }
+
+    /// Deletes published outbox messages older than `age`.
+    pub async fn prune_outbox(&self, age: Duration) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ");
+        sql.bind(Value::Time(Some(now() - age)));
+        let n = tx.execute(&sql).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Files a dead letter from the bus. The same dead letter delivered twice is filed once.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn file_dead_letter(
+        &self,
+        consumer: &str,
+        envelope_id: &str,
+        event_type: &str,
+        routing_key: &str,
+        envelope: &serde_json::Value,
+        reason: &str,
+        attempts: i64,
+        dead_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new(
+            "INSERT INTO dead_letters (id, consumer, envelope_id, event_type, routing_key, envelope, reason, attempts, dead_at, status) VALUES (",
+        );
+        sql.bind(Value::Uuid(Some(Uuid::now_v7())));
+        for value in [consumer, envelope_id, event_type, routing_key] {
+            sql.push(", ").bind(Value::Text(Some(value.into())));
+        }
+        sql.push(", ").bind(json(envelope)?).push(", ").bind(Value::Text(Some(reason.into())));
+        sql.push(", ").bind(Value::Int(Some(attempts))).push(", ").bind(Value::Time(Some(dead_at)));
+        sql.push(", 'dead') ON CONFLICT DO NOTHING");
+        tx.execute(&sql).await?;
+        tx.commit().await
+    }
+
+    /// Dead letters, newest first, optionally only those in `status`; `before` is the last `seq`
+    /// of the previous page.
+    pub async fn dead_letters(
+        &self,
+        status: Option<&str>,
+        consumer: Option<&str>,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<DeadLetter>, Option<i64>)> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        let mut sql = Sql::new(format!("SELECT seq, {} FROM dead_letters WHERE 1 = 1", dead_letter_columns(self.backend())));
+        if let Some(status) = status {
+            sql.push(" AND status = ").bind(Value::Text(Some(status.into())));
+        }
+        if let Some(consumer) = consumer {
+            sql.push(" AND consumer = ").bind(Value::Text(Some(consumer.into())));
+        }
+        if let Some(before) = before {
+            sql.push(" AND seq < ").bind(Value::Int(Some(before)));
+        }
+        sql.push(&format!(" ORDER BY seq DESC LIMIT {}", limit + 1));
+        let rows = self.fetch_all(&sql).await?;
+        let more = rows.len() > limit as usize;
+        let mut letters = Vec::new();
+        let mut last = None;
+        for row in rows.iter().take(limit as usize) {
+            last = Some(row.get::<i64>("seq")?);
+            letters.push(decode_dead_letter(row)?);
+        }
+        Ok((letters, if more { last } else { None }))
+    }
+
+    /// One dead letter.
+    pub async fn dead_letter(&self, id: Uuid) -> Result<DeadLetter> {
+        let mut sql = Sql::new(format!("SELECT {} FROM dead_letters WHERE id = ", dead_letter_columns(self.backend())));
+        sql.bind(Value::Uuid(Some(id)));
+        self.fetch_all(&sql).await?.first().map(decode_dead_letter).ok_or(StoreError::NotFound)?
+    }
+
+    /// Marks a dead letter replayed or discarded; refuses one already resolved.
+    pub async fn resolve_dead_letter(&self, id: Uuid, status: &str, by: &str) -> Result<DeadLetter> {
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("UPDATE dead_letters SET status = ");
+        sql.bind(Value::Text(Some(status.into()))).push(", resolved_at = ").bind(Value::Time(Some(now())));
+        sql.push(", resolved_by = ").bind(Value::Text(Some(by.into())));
+        sql.push(" WHERE status = 'dead' AND id = ").bind(Value::Uuid(Some(id)));
+        let changed = tx.execute(&sql).await?;
+        tx.commit().await?;
+        let letter = self.dead_letter(id).await?;
+        if changed == 0 {
+            return Err(StoreError::conflict(Some("/status"), format!("the dead letter was already {}", letter.status)));
+        }
+        Ok(letter)
+    }
+
+    /// Dead letters waiting for ops, per consumer group.
+    pub async fn dead_letter_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = self
+            .fetch_all(&Sql::new(
+                "SELECT consumer, COUNT(*) AS n FROM dead_letters WHERE status = 'dead' GROUP BY consumer ORDER BY consumer",
+            ))
+            .await?;
+        rows.iter().map(|r| Ok((r.get::<String>("consumer")?, r.get::<i64>("n")?))).collect()
+    }
+
+    /// Records a connector heartbeat (a late, older heartbeat does not overwrite a newer one).
+    pub async fn record_heartbeat(&self, instance: &ConnectorInstance) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new(
+            "INSERT INTO connector_instances (name, instance, version, channel, started_at, last_heartbeat, state, detail, in_flight, interval_seconds) VALUES (",
+        );
+        for (i, value) in [&instance.name, &instance.instance, &instance.version, &instance.channel].into_iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(Value::Text(Some(value.clone())));
+        }
+        sql.push(", ").bind(Value::Time(Some(instance.started_at))).push(", ").bind(Value::Time(Some(instance.last_heartbeat)));
+        sql.push(", ").bind(Value::Text(Some(instance.state.clone()))).push(", ").bind(Value::Text(instance.detail.clone()));
+        sql.push(", ").bind(Value::Int(Some(instance.in_flight))).push(", ").bind(Value::Int(Some(instance.interval_seconds)));
+        sql.push(
+            ") ON CONFLICT (name, instance) DO UPDATE SET version = excluded.version, channel = excluded.channel, \
+             started_at = excluded.started_at, last_heartbeat = excluded.last_heartbeat, state = excluded.state, \
+             detail = excluded.detail, in_flight = excluded.in_flight, interval_seconds = excluded.interval_seconds \
+             WHERE connector_instances.last_heartbeat <= excluded.last_heartbeat",
+        );
+        tx.execute(&sql).await?;
+        tx.commit().await
+    }
+
+    /// Every connector instance seen, by name and instance.
+    pub async fn connector_instances(&self) -> Result<Vec<ConnectorInstance>> {
+        let rows = self
+            .fetch_all(&Sql::new(
+                "SELECT name, instance, version, channel, started_at, last_heartbeat, state, detail, in_flight, interval_seconds \
+                 FROM connector_instances ORDER BY name, instance",
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConnectorInstance {
+                    name: r.get("name")?,
+                    instance: r.get("instance")?,
+                    version: r.get("version")?,
+                    channel: r.get("channel")?,
+                    started_at: r.time("started_at")?.unwrap_or_default(),
+                    last_heartbeat: r.time("last_heartbeat")?.unwrap_or_default(),
+                    state: r.get("state")?,
+                    detail: r.get("detail")?,
+                    in_flight: r.get("in_flight")?,
+                    interval_seconds: r.get("interval_seconds")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets connector instances not heard from since `before` (stopped long ago).
+    pub async fn forget_connector_instances(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("DELETE FROM connector_instances WHERE last_heartbeat < ");
+        sql.bind(Value::Time(Some(before)));
+        let n = tx.execute(&sql).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+}
+
+/// The suffix that locks selected rows, skipping rows another transaction holds.
+pub(crate) fn skip_locked(backend: crate::Backend) -> &'static str {
+    match backend {
+        crate::Backend::Sqlite => "",
+        crate::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+    }
+}
+
+fn json_text(backend: crate::Backend, column: &str) -> String {
+    match backend {
+        crate::Backend::Sqlite => column.to_owned(),
+        crate::Backend::Postgres => format!("{column}::text"),
+    }
+}
+
+fn dead_letter_columns(backend: crate::Backend) -> String {
+    format!(
+        "id, consumer, envelope_id, event_type, routing_key, {} AS envelope, reason, attempts, dead_at, status, resolved_at, resolved_by",
+        json_text(backend, "envelope")
+    )
+}
+
+fn decode_dead_letter(row: &crate::db::Row) -> Result<DeadLetter> {
+    let text = row.get::<String>("envelope")?;
+    Ok(DeadLetter {
+        id: row.uuid("id")?,
+        consumer: row.get("consumer")?,
+        envelope_id: row.get("envelope_id")?,
+        event_type: row.get("event_type")?,
+        routing_key: row.get("routing_key")?,
+        envelope: serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("dead letter envelope: {e}")))?,
+        reason: row.get("reason")?,
+        attempts: row.get("attempts")?,
+        dead_at: row.time("dead_at")?.unwrap_or_default(),
+        status: row.get("status")?,
+        resolved_at: row.time("resolved_at")?,
+        resolved_by: row.get("resolved_by")?,
+    })
+}
+
+fn push_ints(sql: &mut Sql, values: &[i64]) {
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(Value::Int(Some(*value)));
+    }
+    sql.push(")");
+}

@@ -1,0 +1,208 @@
+//! Bus operations over HTTP: connectors and their status from heartbeats, the state of the bus
+//! (transport, queues, dead letters waiting, outbox backlog), and dead letters: listed a page at
+//! a time, read, discarded, and replayed onto their consumer group's queue (with fixed data or
+//! as they were), each only once.
+
+use crate::{expect_json, expect_problem, get, get_query, id, item_ids, pointers, post};
+use chrono::{Duration, Utc};
+use crm_bus::{Exchange, Subscription};
+use crm_domain::access::Role;
+use crm_store::ConnectorInstance;
+use crm_tests::TestApp;
+use crm_tests::fixtures::{file_dead_letter, received_email};
+use reqwest::StatusCode;
+use serde_json::json;
+
+crm_tests::api_on_both_backends!(
+    connectors_show_their_instances,
+    bus_status_counts_queues_dead_letters_and_backlog,
+    dead_letters_are_listed_and_discarded_once,
+    replay_puts_the_message_back_on_its_queue,
+    only_those_with_the_connectors_permission,
+);
+
+fn instance(name: &str, instance: &str, version: &str, state: &str, heard: Duration) -> ConnectorInstance {
+    ConnectorInstance {
+        name: name.into(),
+        instance: instance.into(),
+        version: version.into(),
+        channel: "email".into(),
+        started_at: Utc::now() - Duration::hours(1),
+        last_heartbeat: Utc::now() - heard,
+        state: state.into(),
+        detail: (state == "degraded").then(|| "IMAP login failed".into()),
+        in_flight: 2,
+        interval_seconds: 30,
+    }
+}
+
+async fn connectors_show_their_instances(app: &TestApp) {
+    let store = &app.db.store;
+    for heartbeat in [
+        instance("email", "host-a/1", "1.0.0", "ready", Duration::seconds(5)),
+        instance("email", "host-b/7", "1.1.0", "ready", Duration::seconds(95)),
+        instance("whatsapp", "host-a/2", "0.3.0", "degraded", Duration::seconds(10)),
+        instance("sms", "host-c/3", "0.1.0", "stopping", Duration::seconds(1)),
+    ] {
+        store.record_heartbeat(&heartbeat).await.expect("heartbeat");
+    }
+    let listed = expect_json(get(app, "/api/v1/connectors").await, StatusCode::OK).await;
+    let connectors = listed["items"].as_array().expect("items");
+    let names: Vec<&str> = connectors.iter().map(|c| c["name"].as_str().expect("name")).collect();
+    assert_eq!(names, ["email", "sms", "whatsapp"]);
+    let email = &connectors[0];
+    assert_eq!((&email["status"], &email["versions"], &email["channel"]), (&json!("up"), &json!(["1.0.0", "1.1.0"]), &json!("email")));
+    let statuses: Vec<(&str, &str)> = email["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| (i["instance"].as_str().unwrap(), i["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(statuses, [("host-a/1", "up"), ("host-b/7", "lost")], "no heartbeat for three intervals is lost");
+    assert_eq!(email["instances"][0]["in_flight"], 2);
+    assert_eq!((&connectors[1]["status"], &connectors[1]["instances"][0]["state"]), (&json!("stopping"), &json!("stopping")));
+    assert_eq!((&connectors[2]["status"], &connectors[2]["instances"][0]["detail"]), (&json!("degraded"), &json!("IMAP login failed")));
+}
+
+async fn bus_status_counts_queues_dead_letters_and_backlog(app: &TestApp) {
+    let _subscriber =
+        app.bus.subscribe(Subscription::new("core.events", Exchange::Events, &["*.message.received"])).await.expect("subscribe");
+    let status = expect_json(get(app, "/api/v1/bus").await, StatusCode::OK).await;
+    assert_eq!((&status["transport"], &status["ready"]), (&json!("in-process"), &json!(true)));
+    let queues = status["queues"].as_array().expect("queues");
+    let core = queues.iter().find(|q| q["group"] == "core.events").unwrap_or_else(|| panic!("no core.events queue: {status:#}"));
+    assert_eq!((&core["queue"], &core["consumers"], &core["messages"]), (&json!("crm.core.events"), &json!(1), &json!(0)));
+    assert_eq!(status["dead_letters"], json!([]));
+    assert_eq!((&status["outbox"]["backlog"], &status["outbox"]["oldest_at"]), (&json!(0), &json!(null)));
+
+    // Two dead letters of one group, one of another; a message waiting in the outbox.
+    let store = &app.db.store;
+    for consumer in ["core.events", "core.events", "connector.email.commands"] {
+        file_dead_letter(store, consumer, &received_email("a@example.gr", "x"), "invalid data").await;
+    }
+    let customer =
+        crate::create(app, "/api/v1/customers", &json!({"name": "Στέλιος", "contacts": [{"type": "phone", "value": "694 123 4567"}]}))
+            .await;
+    let response = post(app, &format!("/api/v1/customers/{}/messages", id(&customer)), &json!({"channel": "sms", "body": "Γεια"})).await;
+    expect_json(response, StatusCode::ACCEPTED).await;
+    let status = expect_json(get(app, "/api/v1/bus").await, StatusCode::OK).await;
+    assert_eq!(
+        status["dead_letters"],
+        json!([{"consumer": "connector.email.commands", "waiting": 1}, {"consumer": "core.events", "waiting": 2}])
+    );
+    assert_eq!(status["outbox"]["backlog"], 1);
+    assert!(status["outbox"]["oldest_age_seconds"].as_i64().is_some_and(|age| (0..60).contains(&age)), "{status:#}");
+}
+
+async fn dead_letters_are_listed_and_discarded_once(app: &TestApp) {
+    let store = &app.db.store;
+    let first = received_email("a@example.gr", "first");
+    let first_id = file_dead_letter(store, "core.events", &first, "no customer field").await;
+    let second_id = file_dead_letter(store, "core.events", &received_email("b@example.gr", "second"), "invalid").await;
+    let third_id = file_dead_letter(store, "connector.email.commands", &received_email("c@example.gr", "third"), "SMTP 550").await;
+
+    // Latest first, a page at a time; filters by status and consumer.
+    let page = expect_json(get_query(app, "/api/v1/bus/dead-letters", &[("limit", "2")]).await, StatusCode::OK).await;
+    assert_eq!(item_ids(&page), [third_id.to_string(), second_id.to_string()]);
+    let cursor = page["next_cursor"].as_str().expect("a next page").to_owned();
+    let page = expect_json(get_query(app, "/api/v1/bus/dead-letters", &[("limit", "2"), ("cursor", &cursor)]).await, StatusCode::OK).await;
+    assert_eq!(item_ids(&page), [first_id.to_string()]);
+    assert!(page["next_cursor"].is_null());
+    let page = expect_json(get_query(app, "/api/v1/bus/dead-letters", &[("consumer", "core.events")]).await, StatusCode::OK).await;
+    assert_eq!(item_ids(&page), [second_id.to_string(), first_id.to_string()]);
+    for (query, pointer) in
+        [(("cursor", "nope"), "/cursor"), (("limit", "0"), "/limit"), (("status", "lost"), "/status"), (("colour", "x"), "/colour")]
+    {
+        let problem = expect_problem(get_query(app, "/api/v1/bus/dead-letters", &[query]).await, StatusCode::BAD_REQUEST).await;
+        assert_eq!(pointers(&problem), [pointer]);
+    }
+
+    // One dead letter, whole.
+    let letter = expect_json(get(app, &format!("/api/v1/bus/dead-letters/{first_id}")).await, StatusCode::OK).await;
+    assert_eq!(
+        (&letter["consumer"], &letter["status"], &letter["reason"]),
+        (&json!("core.events"), &json!("dead"), &json!("no customer field"))
+    );
+    assert_eq!((&letter["envelope_id"], &letter["event_type"]), (&json!(first.id), &json!("crm.message.received.v1")));
+    assert_eq!(letter["envelope"], first.to_structured());
+    expect_problem(get(app, &format!("/api/v1/bus/dead-letters/{}", uuid::Uuid::now_v7())).await, StatusCode::NOT_FOUND).await;
+
+    // Discard: once.
+    let discarded = expect_json(post(app, &format!("/api/v1/bus/dead-letters/{first_id}/discard"), &json!({})).await, StatusCode::OK).await;
+    assert_eq!(discarded["status"], "discarded");
+    assert!(discarded["resolved_by"].as_str().is_some_and(|by| by.starts_with("api_key:")), "{discarded:#}");
+    assert!(discarded["resolved_at"].is_string());
+    let problem =
+        expect_problem(post(app, &format!("/api/v1/bus/dead-letters/{first_id}/discard"), &json!({})).await, StatusCode::CONFLICT).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("discarded")), "{problem:#}");
+    expect_problem(post(app, &format!("/api/v1/bus/dead-letters/{first_id}/replay"), &json!({})).await, StatusCode::CONFLICT).await;
+    expect_problem(
+        post(app, &format!("/api/v1/bus/dead-letters/{}/discard", uuid::Uuid::now_v7()), &json!({})).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let page = expect_json(get_query(app, "/api/v1/bus/dead-letters", &[("status", "dead")]).await, StatusCode::OK).await;
+    assert_eq!(item_ids(&page), [third_id.to_string(), second_id.to_string()]);
+    let page = expect_json(get_query(app, "/api/v1/bus/dead-letters", &[("status", "discarded")]).await, StatusCode::OK).await;
+    assert_eq!(item_ids(&page), [first_id.to_string()]);
+}
+
+async fn replay_puts_the_message_back_on_its_queue(app: &TestApp) {
+    let store = &app.db.store;
+    let mut subscriber =
+        app.bus.subscribe(Subscription::new("core.events", Exchange::Events, &["*.message.received"])).await.expect("subscribe");
+    let broken = received_email("a@example.gr", "broken");
+    let broken_id = file_dead_letter(store, "core.events", &broken, "bad sender").await;
+    let plain = received_email("b@example.gr", "plain");
+    let plain_id = file_dead_letter(store, "core.events", &plain, "store unavailable").await;
+
+    // With fixed data.
+    let mut fixed = broken.data_json();
+    fixed["subject"] = json!("fixed");
+    let path = format!("/api/v1/bus/dead-letters/{broken_id}/replay");
+    let problem = expect_problem(post(app, &path, &json!({"data": "not an object"})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(pointers(&problem), ["/data"]);
+    let replayed = expect_json(post(app, &path, &json!({"data": fixed})).await, StatusCode::OK).await;
+    assert_eq!(replayed["status"], "replayed");
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(5), subscriber.next()).await.expect("in time").expect("a delivery");
+    assert_eq!((&delivery.envelope.id, &delivery.envelope.kind), (&broken.id, &broken.kind), "the same message");
+    assert_eq!(delivery.envelope.data_json(), fixed, "with the fixed data");
+    assert_eq!(delivery.envelope.trace.request_id, broken.trace.request_id);
+    assert_eq!(delivery.attempt, 1, "replayed as a first attempt");
+    delivery.ack().await.expect("ack");
+    expect_problem(post(app, &path, &json!({})).await, StatusCode::CONFLICT).await;
+
+    // As it was, with no body at all.
+    let response = app.client.post(app.url(&format!("/api/v1/bus/dead-letters/{plain_id}/replay"))).send().await.expect("request");
+    expect_json(response, StatusCode::OK).await;
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(5), subscriber.next()).await.expect("in time").expect("a delivery");
+    assert_eq!(delivery.envelope.data_json(), plain.data_json());
+    delivery.ack().await.expect("ack");
+
+    // A group with no queue on this bus: refused, and the dead letter stays.
+    let orphan = file_dead_letter(store, "connector.fax.commands", &received_email("c@example.gr", "x"), "no fax").await;
+    let problem =
+        expect_problem(post(app, &format!("/api/v1/bus/dead-letters/{orphan}/replay"), &json!({})).await, StatusCode::CONFLICT).await;
+    assert_eq!(pointers(&problem), ["/consumer"]);
+    let letter = expect_json(get(app, &format!("/api/v1/bus/dead-letters/{orphan}")).await, StatusCode::OK).await;
+    assert_eq!(letter["status"], "dead");
+}
+
+async fn only_those_with_the_connectors_permission(app: &TestApp) {
+    let letter = file_dead_letter(&app.db.store, "core.events", &received_email("a@example.gr", "x"), "x").await;
+    let (_, manager) = app.user(Role::Manager).await;
+    for path in [
+        "/api/v1/connectors".to_owned(),
+        "/api/v1/bus".to_owned(),
+        "/api/v1/bus/dead-letters".to_owned(),
+        format!("/api/v1/bus/dead-letters/{letter}"),
+    ] {
+        expect_problem(manager.get(app.url(&path)).send().await.expect("request"), StatusCode::FORBIDDEN).await;
+    }
+    let response = manager.post(app.url(&format!("/api/v1/bus/dead-letters/{letter}/discard"))).send().await.expect("request");
+    expect_problem(response, StatusCode::FORBIDDEN).await;
+    let (_, admin) = app.user(Role::Admin).await;
+    let response = admin.post(app.url(&format!("/api/v1/bus/dead-letters/{letter}/discard"))).send().await.expect("request");
+    let discarded = expect_json(response, StatusCode::OK).await;
+    assert!(discarded["resolved_by"].as_str().is_some_and(|by| by.starts_with("user:")), "{discarded:#}");
+}

@@ -1,0 +1,442 @@
+//! The core's bus side end to end: events published as a connector would publish them, consumed
+//! by the hub into the store, on both transports (in-process and the real RabbitMQ) and both
+//! backends. Every scenario runs four times. A spy subscribed to both exchanges checks every
+//! message a scenario caused against `docs/asyncapi.json` when the harness stops.
+
+mod asyncapi;
+
+use chrono::Utc;
+use crm_bus::message::{Address, Channel, DeliveryState, DeliveryStatus, MessageReceived, SendMessage};
+use crm_bus::{Bus, Envelope, Exchange, Subscription, Trace};
+use crm_domain::Record;
+use crm_domain::comms::{CommsEntry, Triage};
+use crm_domain::contact::{ContactInput, ContactType, Region};
+use crm_domain::customer::{Customer, CustomerInput};
+use crm_hub::{Hub, HubConfig, NativeMatcher};
+use crm_store::{CommsFilter, ListQuery, Store};
+use crm_tests::bus::{TestBus, Transport, wait_until};
+use crm_tests::{Backend, TestDb};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A hub over a fresh store and bus.
+struct Harness {
+    db: TestDb,
+    bus: TestBus,
+    hub: Hub,
+    spy: Spy,
+}
+
+/// Routing key of the marker messages that tell the spy it has seen everything before them.
+const SPY_SENTINEL: &str = "test.spy.sentinel";
+
+/// Every message published on either exchange while a scenario runs, taken by groups of its own
+/// (`test.spy.events`, `test.spy.commands`, bound `#`), to be validated against the AsyncAPI
+/// document at the end. (With the spy bound, a command no connector binds is no longer refused.)
+struct Spy {
+    captured: Arc<std::sync::Mutex<Vec<Envelope>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Ids of envelopes a scenario publishes malformed on purpose: they must fail validation.
+    malformed: std::sync::Mutex<Vec<String>>,
+}
+
+impl Spy {
+    async fn start(bus: &Bus) -> Spy {
+        let captured = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (group, exchange) in [("test.spy.events", Exchange::Events), ("test.spy.commands", Exchange::Commands)] {
+            let mut subscriber = bus.subscribe(Subscription::new(group, exchange, &["#"])).await.expect("spy subscribed");
+            let captured = captured.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(delivery) = subscriber.next().await {
+                    captured.lock().unwrap().push(delivery.envelope.clone());
+                    let _ = delivery.ack().await;
+                }
+            }));
+        }
+        Spy { captured, tasks, malformed: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// Waits for what is still on its way (a marker on each exchange), stops, and checks every
+    /// captured envelope against `docs/asyncapi.json`.
+    async fn check(self, bus: &Bus) {
+        let markers: Vec<Envelope> = [Exchange::Events, Exchange::Commands]
+            .into_iter()
+            .map(|exchange| Envelope {
+                id: Uuid::now_v7().to_string(),
+                source: "/test/spy".into(),
+                kind: SPY_SENTINEL.into(),
+                time: Utc::now(),
+                subject: None,
+                exchange,
+                routing_key: SPY_SENTINEL.into(),
+                trace: Trace::default(),
+                data: b"{}".to_vec(),
+            })
+            .collect();
+        bus.publish_all(&markers).await.expect("spy markers published");
+        let seen = |id: &str| self.captured.lock().unwrap().iter().any(|e| e.id == id);
+        wait_until("the spy to see everything", WAIT, || async { markers.iter().all(|m| seen(&m.id)) }).await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        let captured: Vec<Envelope> = std::mem::take(&mut *self.captured.lock().unwrap());
+        let malformed = self.malformed.lock().unwrap().clone();
+        let mut problems = Vec::new();
+        let mut checked = 0;
+        for envelope in captured.iter().filter(|e| e.routing_key != SPY_SENTINEL) {
+            checked += 1;
+            match (crm_tests::asyncapi::validate(envelope), malformed.contains(&envelope.id)) {
+                (Ok(()), false) | (Err(_), true) => {}
+                (Err(problem), false) => problems.push(problem),
+                (Ok(()), true) => problems.push(format!("{} was published malformed on purpose but validates", envelope.id)),
+            }
+        }
+        for id in &malformed {
+            assert!(captured.iter().any(|e| &e.id == id), "the spy never saw the malformed envelope {id}");
+        }
+        assert!(checked > 0, "the spy captured no message");
+        assert!(problems.is_empty(), "published messages that docs/asyncapi.json refuses:\n{}", problems.join("\n"));
+    }
+}
+
+impl Harness {
+    async fn start(transport: Transport, backend: Backend) -> Option<Harness> {
+        let db = TestDb::new(backend).await?;
+        let bus = TestBus::new(transport).await?;
+        let spy = Spy::start(&bus.bus).await;
+        let hub = Hub::start(
+            db.store.clone(),
+            bus.bus.clone(),
+            Arc::new(NativeMatcher::new(Region::GR)),
+            HubConfig::default(),
+            Arc::new(Notify::new()),
+        )
+        .await
+        .expect("hub starts");
+        Some(Harness { db, bus, hub, spy })
+    }
+
+    fn store(&self) -> &Store {
+        &self.db.store
+    }
+
+    fn bus(&self) -> &Bus {
+        &self.bus.bus
+    }
+
+    async fn stop(self) {
+        self.hub.shutdown().await;
+        self.spy.check(&self.bus.bus).await;
+        self.bus.cleanup().await;
+    }
+
+    /// Registers an envelope the scenario publishes malformed on purpose: the spy expects it to
+    /// fail validation instead of passing.
+    fn expect_malformed(&self, envelope: &Envelope) {
+        self.spy.malformed.lock().unwrap().push(envelope.id.clone());
+    }
+
+    async fn customer(&self, name: &str, email: &str) -> Record<Customer> {
+        let input = CustomerInput {
+            name: Some(name.into()),
+            contacts: vec![ContactInput { kind: ContactType::Email, label: None, value: email.into(), primary: true }],
+            ..Default::default()
+        };
+        self.store().create(input.parse(Region::GR, Utc::now()).expect("valid customer")).await.expect("customer stored")
+    }
+
+    async fn entries(&self, filter: CommsFilter) -> Vec<Record<CommsEntry>> {
+        let query = ListQuery { filter, limit: Some(200), ..Default::default() };
+        self.store().list::<CommsEntry>(&query).await.expect("list").items
+    }
+
+    /// Entries whose channel message id is `id`.
+    async fn entries_for(&self, id: &str) -> Vec<Record<CommsEntry>> {
+        self.entries(CommsFilter::default()).await.into_iter().filter(|e| e.data.ext_message_id.as_deref() == Some(id)).collect()
+    }
+
+    async fn wait_for_entry(&self, id: &str) -> Record<CommsEntry> {
+        wait_until(&format!("entry {id}"), WAIT, || async { !self.entries_for(id).await.is_empty() }).await;
+        self.entries_for(id).await.remove(0)
+    }
+}
+
+fn email(from: &str, name: Option<&str>, id: &str) -> MessageReceived {
+    MessageReceived {
+        channel: Channel::Email,
+        channel_message_id: id.into(),
+        from: Address::email(from, name.map(Into::into)),
+        to: vec![Address::email("office@bells.example", None)],
+        cc: Vec::new(),
+        subject: Some("Καμπάνα του Αγίου Νικολάου".into()),
+        body: "Η καμπάνα χτυπά λάθος ώρα.".into(),
+        occurred_at: Utc::now(),
+        in_reply_to: None,
+        references: Vec::new(),
+        auto_reply: false,
+        attachments: Vec::new(),
+    }
+}
+
+fn connector_envelope<M: crm_bus::Message>(message: &M) -> Envelope {
+    Envelope::new("/connectors/test/1", message, Trace::new("req-test"))
+}
+
+async fn inbound_message_is_logged_for_its_customer(h: &Harness) {
+    let customer = h.customer("Ιερός Ναός Αγίου Νικολάου", "Papas@Example.GR").await;
+    let event = connector_envelope(&email("papas@example.gr", Some("π. Γεώργιος"), "<m1@example.gr>"));
+    h.bus().publish(&event).await.expect("published");
+    let entry = h.wait_for_entry("<m1@example.gr>").await;
+    assert_eq!(entry.data.customer_id, Some(customer.id));
+    assert_eq!(entry.data.subject.as_deref(), Some("Καμπάνα του Αγίου Νικολάου"));
+    assert_eq!(entry.data.direction, crm_domain::comms::Direction::Inbound);
+    assert_eq!(entry.data.raw_event_id.as_deref(), Some(event.id.as_str()));
+    assert_eq!(entry.data.thread_id, Some(entry.id), "a new conversation is its own thread");
+    assert_eq!(entry.data.logged_by, "connector:test");
+    let matched = entry.data.matched.expect("match recorded");
+    assert_eq!((matched.confidence, matched.matcher.as_str()), (100, "built-in"));
+    assert_eq!(entry.data.channel_address.and_then(|a| a.normalized).as_deref(), Some("papas@example.gr"));
+}
+
+async fn redelivered_event_gives_one_entry(h: &Harness) {
+    h.customer("Μονή Οσίου Λουκά", "monh@example.gr").await;
+    let message = email("monh@example.gr", None, "<dup@example.gr>");
+    let event = connector_envelope(&message);
+    // The same envelope twice (a redelivery), and the same message in a new envelope (a
+    // connector that published again after a crash).
+    h.bus().publish_all(&[event.clone(), event.clone(), connector_envelope(&message)]).await.expect("published");
+    let marker = connector_envelope(&email("monh@example.gr", None, "<marker@example.gr>"));
+    h.bus().publish(&marker).await.expect("published");
+    h.wait_for_entry("<marker@example.gr>").await;
+    assert_eq!(h.entries_for("<dup@example.gr>").await.len(), 1);
+}
+
+async fn unmatched_sender_lands_in_the_inbox_and_can_be_assigned(h: &Harness) {
+    let customer = h.customer("Ενορία Αγίας Τριάδας", "trias@example.gr").await;
+    h.bus().publish(&connector_envelope(&email("stranger@example.org", Some("Νίκος"), "<u1@example.org>"))).await.unwrap();
+    h.bus().publish(&connector_envelope(&email("Stranger@Example.org", None, "<u2@example.org>"))).await.unwrap();
+    let first = h.wait_for_entry("<u1@example.org>").await;
+    h.wait_for_entry("<u2@example.org>").await;
+    assert_eq!(first.data.customer_id, None);
+    assert_eq!(first.data.triage, Some(Triage::Unmatched));
+    let inbox = h.entries(CommsFilter { triage: Some(Triage::Unmatched), ..Default::default() }).await;
+    assert_eq!(inbox.len(), 2);
+
+    let assigned = h.store().assign_unmatched(first.id, customer.id, None).await.expect("assigned");
+    assert!(assigned.contact_added);
+    assert_eq!(assigned.also_assigned, 1, "the other message from the same address goes with it");
+    let customer = h.store().get::<Customer>(customer.id, false).await.unwrap();
+    assert!(customer.data.contacts.iter().any(|c| c.normalized == "stranger@example.org"));
+    assert!(h.entries(CommsFilter { triage: Some(Triage::Unmatched), ..Default::default() }).await.is_empty());
+
+    // The next message from that address finds the customer by itself.
+    h.bus().publish(&connector_envelope(&email("stranger@example.org", None, "<u3@example.org>"))).await.unwrap();
+    assert_eq!(h.wait_for_entry("<u3@example.org>").await.data.customer_id, Some(customer.id));
+}
+
+async fn malformed_event_is_dead_lettered_with_its_reason_and_replayed_after_a_fix(h: &Harness) {
+    let customer = h.customer("Ναός Αγίου Δημητρίου", "dimitrios@example.gr").await;
+    let mut bad = connector_envelope(&email("dimitrios@example.gr", None, "<bad@example.gr>"));
+    let mut data = bad.data_json();
+    data.as_object_mut().unwrap().remove("from");
+    bad.data = serde_json::to_vec(&data).unwrap();
+    h.expect_malformed(&bad);
+    h.bus().publish(&bad).await.unwrap();
+    wait_until("the dead letter to be filed", WAIT, || async {
+        !h.store().dead_letters(Some("dead"), None, None, None).await.unwrap().0.is_empty()
+    })
+    .await;
+    let (letters, _) = h.store().dead_letters(Some("dead"), None, None, None).await.unwrap();
+    let letter = &letters[0];
+    assert_eq!(letter.consumer, crm_hub::INGEST_GROUP);
+    assert_eq!(letter.envelope_id, bad.id);
+    assert!(letter.reason.contains("from"), "the reason names the field: {}", letter.reason);
+
+    // The consumer goes on.
+    h.bus().publish(&connector_envelope(&email("dimitrios@example.gr", None, "<good@example.gr>"))).await.unwrap();
+    h.wait_for_entry("<good@example.gr>").await;
+    assert!(h.entries_for("<bad@example.gr>").await.is_empty());
+
+    // Fixed and replayed, it is logged once.
+    let mut fixed = Envelope::from_structured(&letter.envelope).expect("stored envelope reads back");
+    let mut data = fixed.data_json();
+    data["from"] = serde_json::json!({"kind": "email", "value": "dimitrios@example.gr"});
+    fixed.data = serde_json::to_vec(&data).unwrap();
+    h.bus().replay(&letter.consumer, &fixed).await.expect("replayed");
+    h.store().resolve_dead_letter(letter.id, "replayed", "test").await.unwrap();
+    assert_eq!(h.wait_for_entry("<bad@example.gr>").await.data.customer_id, Some(customer.id));
+}
+
+/// An outbound message goes out through the outbox to the channel's connector (here a stand-in
+/// email connector consuming its command queue), its reports update the entry, and the
+/// customer's reply joins the thread.
+async fn outbound_command_reaches_the_connector_and_reports_come_back(h: &Harness) {
+    let customer = h.customer("Ναός Αγίας Ειρήνης", "eirini@example.gr").await;
+    let mut commands = h
+        .bus()
+        .subscribe(Subscription::new(crm_bus::message::command_group(Channel::Email), Exchange::Commands, &["email.#"]))
+        .await
+        .expect("subscribed");
+    let entry_id = Uuid::now_v7();
+    let send = SendMessage {
+        entry_id,
+        channel: Channel::Email,
+        to: vec![Address::email("eirini@example.gr", None)],
+        cc: Vec::new(),
+        subject: Some("Προσφορά".into()),
+        body: "Σας στέλνουμε την προσφορά.".into(),
+        body_html: None,
+        in_reply_to: None,
+        references: Vec::new(),
+        attachments: Vec::new(),
+    };
+    let command = Envelope::new("/crm/core", &send, Trace::new("req-send"));
+    let entry = CommsEntry {
+        customer_id: Some(customer.id),
+        kind: crm_domain::comms::CommsType::Email,
+        direction: crm_domain::comms::Direction::Outbound,
+        subject: send.subject.clone(),
+        body: send.body.clone(),
+        attachments: Vec::new(),
+        ext_message_id: None,
+        channel_address: None,
+        recipients: Vec::new(),
+        logged_by: "user:test".into(),
+        occurred_at: Utc::now(),
+        thread_id: Some(entry_id),
+        in_reply_to: None,
+        references: Vec::new(),
+        delivery_status: Some(crm_domain::comms::DeliveryStatus::Queued),
+        status_reason: None,
+        raw_event_id: None,
+        matched: None,
+        triage: None,
+        auto_reply: false,
+    };
+    h.store().create_with_commands(entry_id, entry, &[command.to_structured()]).await.expect("stored with its command");
+
+    let delivery = tokio::time::timeout(WAIT, commands.next()).await.expect("the command arrives").expect("bus open");
+    assert_eq!(delivery.envelope.id, command.id);
+    assert_eq!(delivery.envelope.trace.request_id.as_deref(), Some("req-send"), "the request id travels with the command");
+    let received: SendMessage = delivery.envelope.decode().expect("a send command");
+    assert_eq!(received, send);
+    delivery.ack().await.unwrap();
+
+    let message_id = crm_bus::message::entry_message_id(entry_id, "bells.example");
+    let report = |status, reason: Option<&str>| DeliveryStatus {
+        channel: Channel::Email,
+        entry_id: Some(entry_id),
+        channel_message_id: Some(message_id.clone()),
+        status,
+        reason: reason.map(Into::into),
+        occurred_at: Utc::now(),
+    };
+    h.bus().publish(&connector_envelope(&report(DeliveryState::Delivered, None))).await.unwrap();
+    // A late "sent" report must not move the status back.
+    h.bus().publish(&connector_envelope(&report(DeliveryState::Sent, None))).await.unwrap();
+    wait_until("the delivered report", WAIT, || async {
+        h.store().get::<CommsEntry>(entry_id, false).await.unwrap().data.delivery_status
+            == Some(crm_domain::comms::DeliveryStatus::Delivered)
+    })
+    .await;
+
+    // The customer answers; the reply names our Message-ID and joins the thread.
+    let mut reply = email("eirini@example.gr", None, "<reply@example.gr>");
+    reply.subject = Some("Re: something else entirely".into());
+    reply.references = vec![message_id.clone()];
+    h.bus().publish(&connector_envelope(&reply)).await.unwrap();
+    let logged = h.wait_for_entry("<reply@example.gr>").await;
+    assert_eq!(logged.data.thread_id, Some(entry_id));
+    let sent = h.store().get::<CommsEntry>(entry_id, false).await.unwrap();
+    assert_eq!(sent.data.ext_message_id.as_deref(), Some(message_id.as_str()));
+    assert_eq!(sent.data.delivery_status, Some(crm_domain::comms::DeliveryStatus::Delivered));
+}
+
+async fn file_results_update_the_media_record(h: &Harness) {
+    let customer = h.customer("Ναός Αγίου Ανδρέα", "andreas@example.gr").await;
+    let media_id = Uuid::now_v7();
+    let media =
+        crm_domain::comms::MediaInput { customer_id: Some(customer.id), filename: Some("σχέδιο.pdf".into()), ..Default::default() }
+            .parse("user:test".into(), crm_domain::comms::MediaStatus::Pending)
+            .unwrap();
+    h.store().create_with_commands(media_id, media, &[]).await.unwrap();
+    let result = crm_bus::message::FileResult {
+        media_id: Some(media_id),
+        path: "customers/x/σχέδιο.pdf".into(),
+        outcome: crm_bus::message::FileOutcome::Stored { size: 42, sha256: "ab".repeat(32) },
+    };
+    h.bus().publish(&connector_envelope(&result)).await.unwrap();
+    wait_until("the media record to be stored", WAIT, || async {
+        h.store().get::<crm_domain::comms::Media>(media_id, false).await.unwrap().data.status == crm_domain::comms::MediaStatus::Stored
+    })
+    .await;
+    let stored = h.store().get::<crm_domain::comms::Media>(media_id, false).await.unwrap();
+    assert_eq!(stored.data.nextcloud_path.as_deref(), Some("customers/x/σχέδιο.pdf"));
+    assert_eq!(stored.data.size, Some(42));
+}
+
+/// With the default matcher plugin active, the plugin decides and the entry says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_matcher_plugin_matches_inbound_messages() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let bus = TestBus::new(Transport::InProcess).await.expect("in-process bus");
+    let (registry, _dir) = tokio::task::spawn_blocking(crm_tests::plugin_registry).await.unwrap();
+    let matcher = Arc::new(crm_plugins::Matcher::new(registry, Region::GR));
+    let hub = Hub::start(db.store.clone(), bus.bus.clone(), matcher, HubConfig::default(), Arc::new(Notify::new())).await.unwrap();
+    let input = CustomerInput {
+        name: Some("Ιερός Ναός Αγίου Γεωργίου".into()),
+        contacts: vec![ContactInput { kind: ContactType::Whatsapp, label: None, value: "694 123 4567".into(), primary: true }],
+        ..Default::default()
+    };
+    let customer = db.store.create(input.parse(Region::GR, Utc::now()).unwrap()).await.unwrap();
+    let mut message = email("unused@example.gr", None, "wamid.plugin-1");
+    message.channel = Channel::Whatsapp;
+    message.from = Address::phone("306941234567", Some("π. Γεώργιος".into()));
+    message.subject = None;
+    bus.bus.publish(&connector_envelope(&message)).await.unwrap();
+    let query = ListQuery { filter: CommsFilter::default(), ..Default::default() };
+    wait_until("the message logged", WAIT, || async { !db.store.list::<CommsEntry>(&query).await.unwrap().items.is_empty() }).await;
+    let entry = db.store.list::<CommsEntry>(&query).await.unwrap().items.remove(0);
+    assert_eq!(entry.data.customer_id, Some(customer.id));
+    let matched = entry.data.matched.expect("match recorded");
+    assert_ne!(matched.matcher, "built-in", "the plugin decided");
+    assert!(matched.matcher.contains("matcher"), "{}", matched.matcher);
+    assert!(matched.reason.contains("phone"), "{}", matched.reason);
+    hub.shutdown().await;
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        scenarios!(@mod in_process_sqlite, Transport::InProcess, Backend::Sqlite, $($name),*);
+        scenarios!(@mod in_process_postgres, Transport::InProcess, Backend::Postgres, $($name),*);
+        scenarios!(@mod rabbitmq_sqlite, Transport::RabbitMq, Backend::Sqlite, $($name),*);
+        scenarios!(@mod rabbitmq_postgres, Transport::RabbitMq, Backend::Postgres, $($name),*);
+    };
+    (@mod $module:ident, $transport:expr, $backend:expr, $($name:ident),*) => {
+        mod $module {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(harness) = Harness::start($transport, $backend).await else { return };
+                    super::$name(&harness).await;
+                    harness.stop().await;
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    inbound_message_is_logged_for_its_customer,
+    redelivered_event_gives_one_entry,
+    unmatched_sender_lands_in_the_inbox_and_can_be_assigned,
+    malformed_event_is_dead_lettered_with_its_reason_and_replayed_after_a_fix,
+    outbound_command_reaches_the_connector_and_reports_come_back,
+    file_results_update_the_media_record,
+);
