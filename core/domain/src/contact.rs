@@ -90,7 +90,7 @@ impl fmt::Display for Region {
 }
 
 /// Characters people put between the digits of a phone number.
-const SEPARATORS: &str = " -./()\u{a0}";
+pub(crate) const SEPARATORS: &str = " -./()\u{a0}";
 
 /// A valid phone number in E.164 form (`+306912345678`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

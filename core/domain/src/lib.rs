@@ -18,6 +18,7 @@ pub mod audit;
 pub mod comms;
 pub mod contact;
 pub mod customer;
+pub mod dialling;
 pub mod error;
 pub mod matching;
 pub mod money;

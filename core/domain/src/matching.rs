@@ -3,7 +3,8 @@
 //! (the plugin in `plugins/matcher` calls these functions) and the host's native fallback, so
 //! both behave identically. The types mirror `crm:rules/matcher` in `wit/`.
 
-use crate::contact::{Email, PhoneE164, Region};
+use crate::contact::{Email, Region};
+use crate::dialling;
 use crate::fold_for_search;
 
 /// The channel a message arrived on.
@@ -128,7 +129,7 @@ fn phone_key(address: &str, channel: Channel, region: Region) -> Option<String> 
     let text = text.trim();
     let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     let candidate = if international && digits_only { format!("+{text}") } else { text.to_owned() };
-    PhoneE164::parse(&candidate, region).ok().map(|p| p.as_str().to_owned())
+    dialling::e164(&candidate, region)
 }
 
 /// The lookup keys for a sender, strongest first, without duplicates: the e-mail address

@@ -88,9 +88,10 @@ fn main() {
             let started = Instant::now();
             let plugin = host.load(name, "bench", bytes).expect("load");
             total += started.elapsed();
+            assert_eq!(host.cache_stats().map(|s| s.hits), Some(1), "{name} was not loaded from its cached artifact");
             drop(plugin);
         }
-        println!("{:<44} {:>10.3} ms", format!("load {name} (deserialize, link, instantiate)"), (total / rounds).as_secs_f64() * 1e3);
+        println!("{:<44} {:>10.3} ms", format!("load {name} (artifact, link, instantiate)"), (total / rounds).as_secs_f64() * 1e3);
     }
     let cold = HostConfig { warm_up: false, ..config.clone() };
     let mut total = Duration::ZERO;
@@ -99,6 +100,7 @@ fn main() {
         let started = Instant::now();
         drop(host.load("crm-matcher", "bench", defaults::MATCHER_WASM).expect("load"));
         total += started.elapsed();
+        assert_eq!(host.cache_stats().map(|s| s.hits), Some(1), "not loaded from the cached artifact");
     }
     println!("{:<44} {:>10.3} ms", "load crm-matcher without its warm-up", (total / 50).as_secs_f64() * 1e3);
     println!("compiling instead (no cache)");

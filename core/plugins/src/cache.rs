@@ -1,89 +1,38 @@
-//! Compiled components, cached on disk as precompiled artifacts so that a plugin is compiled
-//! once. An artifact is named by the SHA-256 of the component and a hash of the engine's
-//! settings (wasmtime's compatibility hash), so a different wasmtime version or configuration
-//! never picks up an artifact it cannot run. Files are written to a temporary name and renamed,
-//! so readers never see half an artifact and concurrent writers do not clash.
+//! Where compiled components are kept between runs, so that a plugin is compiled once per
+//! machine rather than at every start.
+//!
+//! This is wasmtime's own artifact cache: an artifact is named by a SHA-256 over the component
+//! and the engine's settings and wasmtime version (so another version or configuration never
+//! picks up an artifact it cannot run), written to a temporary file and renamed, and an artifact
+//! that does not decompress or load is compiled again. Loading through it needs no `unsafe` in
+//! this workspace, unlike `Component::deserialize_file`.
 
-use crate::error::LoadError;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use wasmtime::Engine;
-use wasmtime::component::Component;
+use std::path::Path;
+use wasmtime::{Cache, CacheConfig};
 
-/// A directory of precompiled artifacts for one engine configuration.
-#[derive(Debug, Clone)]
-pub(crate) struct ArtifactCache {
-    dir: Option<PathBuf>,
+/// How many artifacts came from the cache and how many were compiled (and then cached), since
+/// the host started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Loads served by a cached artifact.
+    pub hits: usize,
+    /// Loads that compiled the component and wrote its artifact.
+    pub misses: usize,
 }
 
-/// A stable fingerprint of the engine's settings, for artifact names.
-fn engine_key(engine: &Engine) -> String {
-    // The hasher is fixed by the binary: a different build may disagree and recompile, which
-    // is correct as well as harmless.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+/// The artifact cache under `dir` (created if missing).
+pub(crate) fn artifact_cache(dir: &Path) -> Result<Cache, String> {
+    let problem = |e: &dyn std::fmt::Display| format!("plugin artifact cache {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(|e| problem(&e))?;
+    // wasmtime wants an absolute path; `plugins_dir` is usually given relative to the working
+    // directory.
+    let dir = dir.canonicalize().map_err(|e| problem(&e))?;
+    let mut config = CacheConfig::new();
+    config.with_directory(dir.join("wasmtime"));
+    Cache::new(config).map_err(|e| problem(&format_args!("{e:#}")))
 }
 
-impl ArtifactCache {
-    /// A cache under `dir` (created on first write), or none.
-    pub(crate) fn new(dir: Option<&Path>, engine: &Engine) -> Self {
-        ArtifactCache { dir: dir.map(|d| d.join(format!("wasmtime-{}", engine_key(engine)))) }
-    }
-
-    fn path(&self, hash: &str) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{hash}.cwasm")))
-    }
-
-    /// Whether the artifact for `hash` is on disk.
-    pub(crate) fn contains(&self, hash: &str) -> bool {
-        self.path(hash).is_some_and(|p| p.is_file())
-    }
-
-    /// The component with SHA-256 `hash`: loaded from its artifact, or compiled (and the
-    /// artifact written). Returns whether it came from the cache.
-    pub(crate) fn load(&self, engine: &Engine, hash: &str, bytes: &[u8]) -> Result<(Component, bool), LoadError> {
-        if let Some(path) = self.path(hash) {
-            if path.is_file() {
-                match load_artifact(engine, &path) {
-                    Ok(component) => return Ok((component, true)),
-                    Err(err) => {
-                        tracing::warn!(path = %path.display(), error = %err, "unusable plugin artifact; compiling again");
-                    }
-                }
-            }
-            let artifact = engine.precompile_component(bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-            write_atomically(&path, &artifact).map_err(|e| LoadError::Cache(format!("cannot write {}: {e}", path.display())))?;
-            let component = load_artifact(engine, &path).map_err(LoadError::Cache)?;
-            return Ok((component, false));
-        }
-        let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        Ok((component, false))
-    }
-}
-
-/// Loads a precompiled artifact written by [`ArtifactCache::load`].
-#[allow(unsafe_code)]
-fn load_artifact(engine: &Engine, path: &Path) -> Result<Component, String> {
-    // SAFETY: wasmtime trusts a precompiled artifact to be one it produced. Only this module
-    // writes into the cache directory, always from `Engine::precompile_component`, through a
-    // temporary file renamed into place; the file name carries the engine's compatibility
-    // hash, and wasmtime itself refuses artifacts from another version or configuration. The
-    // cache directory must be as trusted as the binary (see docs/ARCHITECTURE.md, Plugins).
-    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| format!("{e:#}"))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), uuid::Uuid::now_v7()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename (shared with the registry).
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomically(path, bytes)
+/// The counters of `cache`.
+pub(crate) fn stats(cache: &Cache) -> CacheStats {
+    CacheStats { hits: cache.cache_hits(), misses: cache.cache_misses() }
 }

@@ -48,9 +48,6 @@ pub enum LoadError {
     /// It could not be instantiated (e.g. its start-up code trapped or needs too much memory).
     #[error("the component could not be instantiated: {0}")]
     Instantiate(String),
-    /// Reading or writing the artifact cache failed.
-    #[error("artifact cache: {0}")]
-    Cache(String),
 }
 
 /// How a plugin call failed, by root cause.

@@ -34,6 +34,7 @@ mod registry;
 mod sandbox;
 
 pub use bindings::SUPPORTED_VERSIONS;
+pub use cache::CacheStats;
 pub use config::HostConfig;
 pub use error::{CallError, FailureKind, FieldProblem, LoadError, RegistryError, RuleError};
 pub use matching::Matcher;

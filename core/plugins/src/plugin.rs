@@ -6,7 +6,7 @@
 //! failures. An instance that failed is always dropped; the next call instantiates a fresh one.
 
 use crate::bindings::{self, SUPPORTED_VERSIONS, v0_1_0};
-use crate::cache::ArtifactCache;
+use crate::cache::{self, CacheStats};
 use crate::config::HostConfig;
 use crate::error::{CallError, FailureKind, LoadError, RuleError};
 use crate::pricing::PriceRequest;
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use v0_1_0::exports::crm::rules::{matcher as wm, pricing as wp};
 use wasmtime::component::{Component, InstancePre};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Cache, Engine, Store, Trap};
 
 /// Which rule interfaces a component exports, named after the WIT world it fits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -103,12 +103,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct PluginHost {
     engine: Engine,
     config: Arc<HostConfig>,
-    cache: ArtifactCache,
+    cache: Option<Cache>,
 }
 
 impl fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginHost").field("config", &self.config).field("cache", &self.cache).finish_non_exhaustive()
+        f.debug_struct("PluginHost").field("config", &self.config).field("cache", &self.cache_stats()).finish_non_exhaustive()
     }
 }
 
@@ -116,8 +116,7 @@ impl PluginHost {
     /// A host with `config` (checked first).
     pub fn new(config: HostConfig) -> Result<Self, String> {
         config.validate()?;
-        let engine = sandbox::engine(&config)?;
-        let cache = ArtifactCache::new(config.cache_dir.as_deref(), &engine);
+        let (engine, cache) = sandbox::engine(&config)?;
         Ok(PluginHost { engine, config: Arc::new(config), cache })
     }
 
@@ -126,9 +125,10 @@ impl PluginHost {
         &self.config
     }
 
-    /// Whether the compiled artifact of the component with this hash is cached.
-    pub fn is_cached(&self, hash: &str) -> bool {
-        self.cache.contains(hash)
+    /// How many loads the artifact cache served and how many compiled, or `None` without a
+    /// cache (`HostConfig::cache_dir`).
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(cache::stats)
     }
 
     fn compile(&self, bytes: &[u8]) -> Result<(String, Component), LoadError> {
@@ -136,7 +136,7 @@ impl PluginHost {
         if bytes.get(..4) != Some(b"\0asm") {
             return Err(LoadError::Invalid("the file is not WebAssembly (no \\0asm header)".into()));
         }
-        let (component, _) = self.cache.load(&self.engine, &hash, bytes)?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         Ok((hash, component))
     }
 

@@ -8,7 +8,6 @@
 //! `Arc<LoadedPlugin>` and finishes on it, while an upload, rollback or enable swaps in the new
 //! one for the calls that start after it. No call fails because of a swap.
 
-use crate::cache::write_file;
 use crate::config::HostConfig;
 use crate::defaults;
 use crate::error::{CallError, LoadError, RegistryError};
@@ -603,4 +602,16 @@ fn push_version(entry: &mut Entry, record: VersionInfo) {
         let excess = entry.versions.len() - MAX_VERSIONS;
         entry.versions.drain(..excess);
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that readers never see a
+/// half-written file and concurrent writers do not clash.
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), uuid::Uuid::now_v7()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }

@@ -10,19 +10,21 @@
 //! sequence (so rules are deterministic), no directory is preopened, and every other function
 //! (streams, sockets, files, exit) traps when called. A rule's only output is its return value.
 
+use crate::cache;
 use crate::config::HostConfig;
 use crate::error::LoadError;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, Val};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
+use wasmtime::{Cache, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
 
 /// Interfaces a component may import (before `@version`), besides the rule package's own types.
 const ALLOWED: &[&str] = &["wasi:io/", "wasi:cli/", "wasi:clocks/", "wasi:random/"];
 /// Interfaces allowed, and contained, unless `deny_io_imports`.
 const IO: &[&str] = &["wasi:filesystem/", "wasi:sockets/"];
 
-/// Builds the one engine: Cranelift, fuel metering, the pooling allocator sized by `config`.
-pub(crate) fn engine(config: &HostConfig) -> Result<Engine, String> {
+/// Builds the one engine: Cranelift, fuel metering, the pooling allocator sized by `config`, and
+/// the artifact cache in `config.cache_dir` (returned too, for its counters).
+pub(crate) fn engine(config: &HostConfig) -> Result<(Engine, Option<Cache>), String> {
     let mut pool = PoolingAllocationConfig::default();
     let instances = config.max_instances;
     pool.total_component_instances(instances)
@@ -36,7 +38,10 @@ pub(crate) fn engine(config: &HostConfig) -> Result<Engine, String> {
         .max_memory_size(usize::try_from(config.memory_limit_bytes).unwrap_or(usize::MAX));
     let mut wasm = Config::new();
     wasm.consume_fuel(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool)).max_wasm_stack(1024 * 1024);
-    Engine::new(&wasm).map_err(|e| format!("cannot create the WebAssembly engine: {e:#}"))
+    let cache = config.cache_dir.as_deref().map(cache::artifact_cache).transpose()?;
+    wasm.cache(cache.clone());
+    let engine = Engine::new(&wasm).map_err(|e| format!("cannot create the WebAssembly engine: {e:#}"))?;
+    Ok((engine, cache))
 }
 
 /// What each store holds: the memory limiter.

@@ -8,7 +8,7 @@ use crm_domain::money::{Hundredths, Money};
 use crm_domain::order::{Discount, ItemType};
 use crm_plugins::matching::{Candidate, Channel, Sender};
 use crm_plugins::pricing::{PriceLine, PriceRequest, price_natively};
-use crm_plugins::{CallError, FailureKind, HostConfig, LoadError, PluginHost, World, defaults};
+use crm_plugins::{CacheStats, CallError, FailureKind, HostConfig, LoadError, PluginHost, World, defaults};
 use std::path::PathBuf;
 
 fn cache_dir() -> PathBuf {
@@ -239,26 +239,41 @@ fn imports_beyond_the_sandbox_are_refused_and_io_is_contained() {
 fn compiled_components_are_cached_by_hash() {
     let dir = tempfile::tempdir().unwrap();
     let config = HostConfig { cache_dir: Some(dir.path().to_owned()), ..HostConfig::default() };
+    let stats = |host: &PluginHost| host.cache_stats().expect("a host with a cache directory has a cache");
     let first = PluginHost::new(config.clone()).unwrap();
-    let hash = crm_plugins::sha256_hex(defaults::PRICING_WASM);
-    assert!(!first.is_cached(&hash));
+    assert_eq!(stats(&first), CacheStats { hits: 0, misses: 0 });
     first.load("p", "1", defaults::PRICING_WASM).unwrap();
-    assert!(first.is_cached(&hash));
+    assert_eq!(stats(&first), CacheStats { hits: 0, misses: 1 }, "compiled and written");
+    first.load("p", "2", defaults::PRICING_WASM).unwrap();
+    assert_eq!(stats(&first), CacheStats { hits: 1, misses: 1 }, "the same component again");
     // Another host (a restart) loads the artifact instead of compiling.
-    let second = PluginHost::new(config).unwrap();
-    assert!(second.is_cached(&hash));
+    let second = PluginHost::new(config.clone()).unwrap();
     let plugin = second.load("p", "1", defaults::PRICING_WASM).unwrap();
+    assert_eq!(stats(&second), CacheStats { hits: 1, misses: 0 });
     assert_eq!(plugin.price(&order(vec![line(1, 5, None, None)], None, None)).unwrap().total, Money::from_minor(5));
-    // An artifact that is not one falls back to compiling. (Replaced, never written over:
-    // loaded artifacts are mapped into memory.)
-    let artifact = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path().join(format!("{hash}.cwasm"));
-    let garbage = dir.path().join("garbage");
-    std::fs::write(&garbage, b"garbage").unwrap();
-    std::fs::rename(&garbage, &artifact).unwrap();
-    assert!(
-        PluginHost::new(HostConfig { cache_dir: Some(dir.path().to_owned()), ..HostConfig::default() })
-            .unwrap()
-            .load("p", "1", defaults::PRICING_WASM)
-            .is_ok()
-    );
+    // Artifacts that are not ones are compiled again, not loaded.
+    let mut artifacts = 0;
+    for entry in walk(dir.path()) {
+        std::fs::write(&entry, b"garbage").unwrap();
+        artifacts += 1;
+    }
+    assert_eq!(artifacts, 1, "one artifact for one component and engine configuration");
+    let third = PluginHost::new(config).unwrap();
+    let plugin = third.load("p", "1", defaults::PRICING_WASM).unwrap();
+    assert_eq!(stats(&third), CacheStats { hits: 0, misses: 1 });
+    assert_eq!(plugin.price(&order(vec![line(2, 5, None, None)], None, None)).unwrap().total, Money::from_minor(10));
+}
+
+/// The artifact files under `dir` (wasmtime keeps its own statistics files beside them).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else if path.extension().is_none() {
+            files.push(path);
+        }
+    }
+    files
 }
