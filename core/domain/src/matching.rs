@@ -113,8 +113,9 @@ fn split_mailbox(address: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// A phone number as a channel gives it, in E.164. WhatsApp ids (`306941234567@s.whatsapp.net`,
-/// `whatsapp:+30…`) are international numbers without the `+`.
+/// A phone number as a channel gives it, in E.164. WhatsApp always gives international numbers,
+/// bare digits without the `+` (`306941234567`, `306941234567@s.whatsapp.net`) or with it
+/// (`whatsapp:+30…`).
 fn phone_key(address: &str, channel: Channel, region: Region) -> Option<String> {
     let mut text = address.trim();
     for prefix in ["whatsapp:", "tel:", "sms:"] {
@@ -122,7 +123,7 @@ fn phone_key(address: &str, channel: Channel, region: Region) -> Option<String> 
             text = &text[prefix.len()..];
         }
     }
-    let international = channel == Channel::Whatsapp && text.contains('@');
+    let international = channel == Channel::Whatsapp;
     if let Some((number, _)) = text.split_once('@') {
         text = number;
     }
@@ -286,6 +287,7 @@ mod tests {
             (Channel::Phone, "+30 694 123 4567"),
             (Channel::Whatsapp, "306941234567@s.whatsapp.net"),
             (Channel::Whatsapp, "whatsapp:+306941234567"),
+            (Channel::Whatsapp, "306941234567"),
             (Channel::Other, "0030 6941234567"),
         ] {
             assert_eq!(kinds(&match_keys(&sender(channel, address, None), gr)), [(KeyKind::Phone, "+306941234567")], "{address}");
