@@ -16,7 +16,7 @@ use crm_domain::customer::CustomerInput;
 use crm_hub::{Hub, HubConfig, NativeMatcher};
 use crm_store::{CommsFilter, MediaFilter, Store};
 use crm_tests::bus::{TestBus, Transport, amqp_url, wait_until};
-use crm_tests::processes::{ConnectorProcess, rabbitmqctl};
+use crm_tests::processes::{self, rabbitmqctl};
 use crm_tests::{Backend, TestDb};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,7 +64,7 @@ async fn stream_survives(fault: Fault) {
             .await
             .expect("hub starts");
     let data_dir = std::env::temp_dir().join(format!("crm-faults-{}", Uuid::now_v7()));
-    let mut connector = ConnectorProcess::files_local(&amqp_url(), &prefix, &data_dir, "files-1");
+    let mut connector = processes::files_local(&amqp_url(), &prefix, &data_dir, "files-1");
 
     let mut customers = Vec::new();
     for i in 0..CUSTOMERS {
@@ -168,7 +168,7 @@ async fn stream_survives(fault: Fault) {
             wait_until("some files stored", DRAIN, || async { stored().await >= (COMMANDS / 5) as i64 }).await;
             connector.kill();
             tokio::time::sleep(Duration::from_secs(1)).await;
-            connector = ConnectorProcess::files_local(&amqp_url(), &prefix, &data_dir, "files-2");
+            connector = processes::files_local(&amqp_url(), &prefix, &data_dir, "files-2");
         }
     }
     events_task.await.unwrap();

@@ -12,7 +12,7 @@ use crm_domain::contact::Region;
 use crm_hub::{Hub, HubConfig, NativeMatcher};
 use crm_tests::bus::{TestBus, Transport, amqp_url, wait_until};
 use crm_tests::http::{expect_json, id};
-use crm_tests::processes::ConnectorProcess;
+use crm_tests::processes::{self, ConnectorProcess};
 use crm_tests::{Backend, TestApp, TestDb, test_api_config};
 use reqwest::StatusCode;
 use std::sync::Arc;
@@ -54,7 +54,7 @@ async fn files_come_back_byte_identical(transport: Transport, backend: Backend) 
         .expect("hub starts");
     let data_dir = std::env::temp_dir().join(format!("crm-files-{}", Uuid::now_v7()));
     let connector = match transport {
-        Transport::RabbitMq => Connector::Process(ConnectorProcess::files_local(&amqp_url(), &bus.config.prefix, &data_dir, "files-e2e")),
+        Transport::RabbitMq => Connector::Process(processes::files_local(&amqp_url(), &bus.config.prefix, &data_dir, "files-e2e")),
         Transport::InProcess => {
             let config = crm_connector_files_local::FilesLocalConfig { data_dir: data_dir.clone(), ..Default::default() };
             let files = crm_connector_files_local::FilesLocal::new(config).expect("files connector");

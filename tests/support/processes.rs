@@ -1,8 +1,10 @@
 //! Connector processes for system tests: the real `crm-connector-files-local` binary, built if
-//! needed, started against a test bus and killed when dropped.
+//! needed, started against a test bus (with the connector SDK's test support) and killed when
+//! dropped.
 
+pub use crm_connector::testing::ConnectorProcess;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 /// The connector binary, built (once per test binary) with the cargo that runs the tests, so it
 /// is never stale.
@@ -27,52 +29,13 @@ pub fn files_local_binary() -> PathBuf {
         .clone()
 }
 
-/// A running files connector process, killed (SIGKILL) when dropped.
-#[derive(Debug)]
-pub struct ConnectorProcess {
-    child: Child,
-    /// Its log file.
-    pub log: PathBuf,
-}
-
-impl ConnectorProcess {
-    /// Starts the files connector on the RabbitMQ bus with `prefix`, keeping files in `data_dir`.
-    pub fn files_local(amqp_url: &str, prefix: &str, data_dir: &Path, instance: &str) -> ConnectorProcess {
-        std::fs::create_dir_all(data_dir).expect("data dir");
-        let log = data_dir.with_extension(format!("{instance}.log"));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
-        let child = Command::new(files_local_binary())
-            .env("CRM_CONNECTOR_AMQP_URL", amqp_url)
-            .env("CRM_CONNECTOR_BUS_PREFIX", prefix)
-            .env("CRM_CONNECTOR_INSTANCE", instance)
-            .env("CRM_CONNECTOR_HEARTBEAT_INTERVAL_SECONDS", "1")
-            .env("CRM_CONNECTOR_FILES_LOCAL_DATA_DIR", data_dir)
-            .env("CRM_CONNECTOR_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("start crm-connector-files-local");
-        ConnectorProcess { child, log }
-    }
-
-    /// Kills it at once (no graceful shutdown), as a crash would.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Whether it is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for ConnectorProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts the files connector process on the RabbitMQ bus with `prefix`, keeping files in
+/// `data_dir`; it logs (warnings and worse) beside that directory.
+pub fn files_local(amqp_url: &str, prefix: &str, data_dir: &Path, instance: &str) -> ConnectorProcess {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let mut command = ConnectorProcess::command(files_local_binary(), amqp_url, prefix, instance);
+    command.env("CRM_CONNECTOR_FILES_LOCAL_DATA_DIR", data_dir).env("CRM_CONNECTOR_LOG_FILTER", "warn");
+    ConnectorProcess::spawn(&mut command, &data_dir.with_extension(format!("{instance}.log")))
 }
 
 /// Runs `rabbitmqctl <args>` and panics if it fails.

@@ -11,122 +11,31 @@ mod common;
 
 use common::peers::{Dovecot, PASSWORD};
 use common::simple_message;
-use crm_bus::message::{Channel, ConnectorState, Heartbeat, MessageReceived};
-use crm_bus::{Bus, BusConfig, Exchange, Subscriber, Subscription};
+use crm_bus::message::{Channel, ConnectorState, MessageReceived};
+use crm_bus::{Bus, Exchange, Subscriber, Subscription};
+use crm_connector::testing::{ConnectorProcess, amqp_url, heartbeat, test_bus};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_crm-connector-email");
 const WAIT: Duration = Duration::from_secs(90);
 const ALICE: &str = "alice@example.test";
 
-fn amqp_url() -> String {
-    std::env::var("CRM_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-async fn test_bus() -> Option<(Bus, String)> {
-    let prefix = format!("t-email-{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let config = BusConfig { prefix: prefix.clone(), ..BusConfig::default() };
-    match tokio::time::timeout(Duration::from_secs(15), Bus::connect(&amqp_url(), config)).await {
-        Ok(Ok(bus)) => Some((bus, prefix)),
-        failure => {
-            let why = match failure {
-                Ok(Err(err)) => err.to_string(),
-                _ => "timed out".into(),
-            };
-            if std::env::var("CRM_REQUIRE_RABBITMQ").as_deref() == Ok("1") {
-                panic!("RabbitMQ is required (CRM_REQUIRE_RABBITMQ=1) but unreachable: {why}");
-            }
-            eprintln!("skipped: RabbitMQ unreachable at {}: {why}", crm_bus::redact_url(&amqp_url()));
-            None
-        }
-    }
-}
-
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn start(prefix: &str, instance: &str, config: &Path, work: &Path) -> Process {
-        let log = work.join(format!("{instance}.log"));
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("CRM_CONNECTOR_AMQP_URL", amqp_url())
-            .env("CRM_CONNECTOR_BUS_PREFIX", prefix)
-            .env("CRM_CONNECTOR_INSTANCE", instance)
-            .env("CRM_CONNECTOR_HEARTBEAT_INTERVAL_SECONDS", "1")
-            .env("CRM_CONNECTOR_LOG_FORMAT", "json")
-            .current_dir(work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the connector binary starts");
-        Process { child, log }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(&self) {
-        assert!(Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success());
-    }
-
-    async fn exit(&mut self) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the connector did not exit; log:\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The connector binary with the configuration file `config`, working in `work`.
+fn start(prefix: &str, instance: &str, config: &Path, work: &Path) -> ConnectorProcess {
+    let mut command = ConnectorProcess::command(BIN, &amqp_url(), prefix, instance);
+    command.arg("--config").arg(config).current_dir(work);
+    ConnectorProcess::spawn(&mut command, &work.join(format!("{instance}.log")))
 }
 
 async fn subscribe(bus: &Bus, group: &str, binding: &str) -> Subscriber {
     bus.subscribe(Subscription::new(group, Exchange::Events, &[binding]).with_prefetch(500)).await.unwrap()
 }
 
-async fn heartbeat(beats: &mut Subscriber, instance: &str, state: ConnectorState, process: &Process) -> Heartbeat {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Ok(Some(delivery)) = tokio::time::timeout(left, beats.next()).await else {
-            panic!("no {state:?} heartbeat from {instance}; log:\n{}", process.logs());
-        };
-        let beat: Heartbeat = delivery.envelope.decode().unwrap();
-        let _ = delivery.ack().await;
-        if beat.instance == instance && beat.state == state {
-            return beat;
-        }
-    }
-}
-
 /// Counts received messages by channel id until `until` distinct ones were seen.
-async fn receive(received: &mut Subscriber, counts: &mut HashMap<String, usize>, until: usize, process: &Process) {
+async fn receive(received: &mut Subscriber, counts: &mut HashMap<String, usize>, until: usize, process: &ConnectorProcess) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while counts.len() < until {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -141,7 +50,7 @@ async fn receive(received: &mut Subscriber, counts: &mut HashMap<String, usize>,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_and_a_dovecot_restart_lose_nothing_and_repeat_at_most_one() {
-    let Some((bus, prefix)) = test_bus().await else { return };
+    let Some((bus, prefix)) = test_bus("email").await else { return };
     let dovecot = Arc::new(Dovecot::start());
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("email.toml");
@@ -162,8 +71,8 @@ async fn sigkill_mid_stream_and_a_dovecot_restart_lose_nothing_and_repeat_at_mos
     let messages: Vec<Vec<u8>> =
         (0..total).map(|i| simple_message(&format!("<p-{i}@example.gr>"), "nikos@example.gr", ALICE, &format!("Order {i}"), "")).collect();
 
-    let mut first = Process::start(&prefix, "first", &config, work.path());
-    let ready = heartbeat(&mut beats, "first", ConnectorState::Ready, &first).await;
+    let mut first = start(&prefix, "first", &config, work.path());
+    let ready = heartbeat(&mut beats, "first", ConnectorState::Ready, &first, WAIT).await;
     assert_eq!((ready.name.as_str(), ready.channel), ("email", Channel::Email));
 
     // Messages keep arriving while the connector is killed.
@@ -182,7 +91,7 @@ async fn sigkill_mid_stream_and_a_dovecot_restart_lose_nothing_and_repeat_at_mos
     let before_kill = counts.len();
     dovecot.restart();
 
-    let mut second = Process::start(&prefix, "second", &config, work.path());
+    let mut second = start(&prefix, "second", &config, work.path());
     feeder.await.unwrap();
     receive(&mut received, &mut counts, total, &second).await;
     // Whatever else comes (nothing, or the one in flight at the kill).
@@ -201,7 +110,7 @@ async fn sigkill_mid_stream_and_a_dovecot_restart_lose_nothing_and_repeat_at_mos
     assert!(published - total <= 1, "at most the one in flight at the kill is published again: {duplicates:?}");
 
     second.terminate();
-    let status = second.exit().await;
+    let status = second.exit(WAIT).await;
     assert!(status.success(), "graceful exit, got {status}; log:\n{}", second.logs());
     let logs = second.logs();
     assert!(!logs.contains(PASSWORD), "the IMAP password is never logged");

@@ -10,104 +10,27 @@
 mod common;
 
 use common::{file_content, file_result, sha256};
-use crm_bus::message::{Bytes, Channel, ConnectorState, FileOutcome, FileRead, Heartbeat, ReadFile, StoreFile};
-use crm_bus::{Bus, BusConfig, BusError, Envelope, Exchange, Subscriber, Subscription, Trace};
+use crm_bus::message::{Bytes, Channel, ConnectorState, FileOutcome, FileRead, ReadFile, StoreFile};
+use crm_bus::{Bus, BusError, Envelope, Exchange, Subscriber, Subscription, Trace};
+use crm_connector::testing::{ConnectorProcess, ack, amqp_url, heartbeat, test_bus};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_crm-connector-files-local");
 const WAIT: Duration = Duration::from_secs(60);
 
-fn amqp_url() -> String {
-    std::env::var("CRM_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// A bus on a fresh prefix, or `None` (test skipped) when RabbitMQ is unreachable and not required.
-async fn test_bus() -> Option<(Bus, String)> {
-    let prefix = format!("t-files-{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let config = BusConfig { prefix: prefix.clone(), ..BusConfig::default() };
-    match tokio::time::timeout(Duration::from_secs(15), Bus::connect(&amqp_url(), config)).await {
-        Ok(Ok(bus)) => Some((bus, prefix)),
-        failure => {
-            let why = match failure {
-                Ok(Err(err)) => err.to_string(),
-                _ => "timed out".into(),
-            };
-            if std::env::var("CRM_REQUIRE_RABBITMQ").as_deref() == Ok("1") {
-                panic!("RabbitMQ is required (CRM_REQUIRE_RABBITMQ=1) but unreachable: {why}");
-            }
-            eprintln!("skipped: RabbitMQ unreachable at {}: {why}", crm_bus::redact_url(&amqp_url()));
-            None
-        }
-    }
-}
-
-/// The connector process; killed if still running when dropped.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn start(prefix: &str, instance: &str, data_dir: &Path, work: &Path) -> Process {
-        let log = work.join(format!("{instance}.log"));
-        let child = Command::new(BIN)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("CRM_CONNECTOR_AMQP_URL", amqp_url())
-            .env("CRM_CONNECTOR_BUS_PREFIX", prefix)
-            .env("CRM_CONNECTOR_INSTANCE", instance)
-            .env("CRM_CONNECTOR_HEARTBEAT_INTERVAL_SECONDS", "1")
-            .env("CRM_CONNECTOR_PREFETCH", "8")
-            .env("CRM_CONNECTOR_MAX_IN_FLIGHT", "4")
-            .env("CRM_CONNECTOR_LOG_FORMAT", "json")
-            .env("CRM_CONNECTOR_LOG_FILTER", "info")
-            .env("CRM_CONNECTOR_FILES_LOCAL_DATA_DIR", data_dir)
-            .current_dir(work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the connector binary starts");
-        Process { child, log }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, through the `kill` command (no unsafe code here).
-    fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    async fn exit(&mut self) -> ExitStatus {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the connector did not exit; log:\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The connector binary keeping files in `data_dir`, working in `work`.
+fn start(prefix: &str, instance: &str, data_dir: &Path, work: &Path) -> ConnectorProcess {
+    let mut command = ConnectorProcess::command(BIN, &amqp_url(), prefix, instance);
+    command
+        .env("CRM_CONNECTOR_PREFETCH", "8")
+        .env("CRM_CONNECTOR_MAX_IN_FLIGHT", "4")
+        .env("CRM_CONNECTOR_LOG_FILTER", "info")
+        .env("CRM_CONNECTOR_FILES_LOCAL_DATA_DIR", data_dir)
+        .current_dir(work);
+    ConnectorProcess::spawn(&mut command, &work.join(format!("{instance}.log")))
 }
 
 /// Publishes, retrying while the broker is unreachable (another test may be restarting it):
@@ -141,32 +64,8 @@ async fn request(bus: &Bus, envelope: &Envelope) -> Envelope {
     }
 }
 
-/// Acknowledges; a delivery whose channel went away comes again, which the tests allow for.
-async fn ack(delivery: crm_bus::Delivery) {
-    match delivery.ack().await {
-        Ok(()) | Err(BusError::Unavailable(_)) => {}
-        Err(err) => panic!("ack failed: {err}"),
-    }
-}
-
 async fn subscribe(bus: &Bus, group: &str, binding: &str) -> Subscriber {
     bus.subscribe(Subscription::new(group, Exchange::Events, &[binding]).with_prefetch(500)).await.unwrap()
-}
-
-/// The next heartbeat of `instance` in `state`.
-async fn heartbeat(beats: &mut Subscriber, instance: &str, state: ConnectorState, process: &Process) -> Heartbeat {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Ok(Some(delivery)) = tokio::time::timeout(left, beats.next()).await else {
-            panic!("no {state:?} heartbeat from {instance}; log:\n{}", process.logs());
-        };
-        let beat: Heartbeat = delivery.envelope.decode().unwrap();
-        ack(delivery).await;
-        if beat.instance == instance && beat.state == state {
-            return beat;
-        }
-    }
 }
 
 fn store_command(path: &str, content: Vec<u8>, request_id: &str) -> (Uuid, Envelope) {
@@ -192,14 +91,14 @@ async fn clean_up(bus: &Bus) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_stores_and_returns_a_file_byte_identically() {
-    let Some((bus, prefix)) = test_bus().await else { return };
+    let Some((bus, prefix)) = test_bus("files").await else { return };
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("files");
     let mut results = subscribe(&bus, "core.files", "files.file.*").await;
     let mut beats = subscribe(&bus, "core.heartbeats", "connector.files.heartbeat").await;
-    let mut process = Process::start(&prefix, "solo", &data, work.path());
+    let mut process = start(&prefix, "solo", &data, work.path());
 
-    let ready = heartbeat(&mut beats, "solo", ConnectorState::Ready, &process).await;
+    let ready = heartbeat(&mut beats, "solo", ConnectorState::Ready, &process, WAIT).await;
     assert_eq!(ready.name, "files-local");
     assert_eq!(ready.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(ready.channel, Channel::Files);
@@ -223,9 +122,9 @@ async fn the_process_stores_and_returns_a_file_byte_identically() {
     assert_eq!(std::fs::read(data.join("customers/7/drawing.dxf")).unwrap(), bytes);
 
     process.terminate();
-    let status = process.exit().await;
+    let status = process.exit(WAIT).await;
     assert!(status.success(), "graceful exit, got {status}; log:\n{}", process.logs());
-    let last = heartbeat(&mut beats, "solo", ConnectorState::Stopping, &process).await;
+    let last = heartbeat(&mut beats, "solo", ConnectorState::Stopping, &process, WAIT).await;
     assert_eq!(last.started_at, ready.started_at);
 
     // JSON lines, and the store command's request id is on its log lines.
@@ -240,7 +139,7 @@ async fn the_process_stores_and_returns_a_file_byte_identically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_stream_and_restarted_every_file_is_stored_exactly_once() {
-    let Some((bus, prefix)) = test_bus().await else { return };
+    let Some((bus, prefix)) = test_bus("files").await else { return };
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("files");
     let mut results = subscribe(&bus, "core.files", "files.file.*").await;
@@ -258,8 +157,8 @@ async fn killed_mid_stream_and_restarted_every_file_is_stored_exactly_once() {
         files.iter().map(|(id, path, content, _)| (*id, (path.clone(), sha256(content)))).collect();
     let mut seen: HashMap<Uuid, Vec<FileOutcome>> = HashMap::new();
 
-    let mut first = Process::start(&prefix, "first", &data, work.path());
-    heartbeat(&mut beats, "first", ConnectorState::Ready, &first).await;
+    let mut first = start(&prefix, "first", &data, work.path());
+    heartbeat(&mut beats, "first", ConnectorState::Ready, &first, WAIT).await;
     // 120 commands now; SIGKILL once some results are in, while the rest are being worked on.
     for (_, _, _, command) in &files[..120] {
         publish(&bus, command).await;
@@ -277,7 +176,7 @@ async fn killed_mid_stream_and_restarted_every_file_is_stored_exactly_once() {
         publish(&bus, command).await;
     }
 
-    let mut second = Process::start(&prefix, "second", &data, work.path());
+    let mut second = start(&prefix, "second", &data, work.path());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     let mut results_received = seen.values().map(Vec::len).sum::<usize>();
     while seen.len() < files.len() {
@@ -318,7 +217,7 @@ async fn killed_mid_stream_and_restarted_every_file_is_stored_exactly_once() {
     }
 
     second.terminate();
-    let status = second.exit().await;
+    let status = second.exit(WAIT).await;
     assert!(status.success(), "graceful exit, got {status}; log:\n{}", second.logs());
     clean_up(&bus).await;
 }

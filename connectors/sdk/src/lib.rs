@@ -81,6 +81,8 @@ mod instance;
 pub mod process;
 pub mod publisher;
 pub mod runner;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// The message catalog shared by the core and the connectors (re-exported from `crm-bus`).
 pub use crm_bus::message;

@@ -138,6 +138,13 @@ fn phone_key(address: &str, channel: Channel, region: Region) -> Option<String> 
 /// code), then the display name folded (exact) and, for names of two words or more, its words
 /// (fuzzy). Nothing usable gives no keys.
 pub fn match_keys(sender: &Sender, region: Region) -> Vec<LookupKey> {
+    match_keys_folding(sender, region, &fold_for_search)
+}
+
+/// [`match_keys`] with `fold` as the name folding: a matcher plugin passes the host's
+/// (`crm:rules/text.fold`, the same [`fold_for_search`]) so that it need not carry Unicode
+/// tables of its own.
+pub fn match_keys_folding(sender: &Sender, region: Region, fold: &dyn Fn(&str) -> String) -> Vec<LookupKey> {
     let mut keys = Vec::new();
     let mut display = sender.display_name.as_deref().map(str::trim).filter(|n| !n.is_empty());
     let email = |text: &str| Email::parse(text).ok().map(|e| e.canonical());
@@ -165,7 +172,7 @@ pub fn match_keys(sender: &Sender, region: Region) -> Vec<LookupKey> {
         }
     }
     if let Some(name) = display {
-        let folded = fold_for_search(name);
+        let folded = fold(name);
         if folded.chars().any(char::is_alphabetic) {
             let words = folded.split(' ').filter(|w| w.chars().any(char::is_alphabetic)).count();
             keys.push(LookupKey { kind: KeyKind::Name, value: folded.clone(), strength: NAME_STRENGTH });
@@ -182,11 +189,16 @@ pub fn match_keys(sender: &Sender, region: Region) -> Vec<LookupKey> {
 /// or organisation, at most 100. The best wins if it scores strictly more than the next; a tie
 /// (or no candidate) gives none, and the message goes to triage.
 pub fn choose(sender: &Sender, keys: &[LookupKey], candidates: &[Candidate]) -> Option<Choice> {
+    choose_folding(sender, keys, candidates, &fold_for_search)
+}
+
+/// [`choose`] with `fold` as the name folding (see [`match_keys_folding`]).
+pub fn choose_folding(sender: &Sender, keys: &[LookupKey], candidates: &[Candidate], fold: &dyn Fn(&str) -> String) -> Option<Choice> {
     let display = sender
         .display_name
         .as_deref()
         .or_else(|| split_mailbox(&sender.address).1.filter(|_| sender.channel == Channel::Email))
-        .map(fold_for_search)
+        .map(fold)
         .filter(|n| !n.is_empty());
     let mut scored: Vec<(u32, u8, String)> = Vec::with_capacity(candidates.len());
     for (index, candidate) in candidates.iter().enumerate() {
@@ -196,9 +208,9 @@ pub fn choose(sender: &Sender, keys: &[LookupKey], candidates: &[Candidate]) -> 
         let Some(best) = found.first() else { continue };
         let mut score = u32::from(best.strength) + 5 * (found.len() as u32 - 1);
         let mut why: Vec<String> = found.iter().map(|k| k.kind.as_str().to_owned()).collect();
-        let same_name = display.as_ref().is_some_and(|d| {
-            *d == fold_for_search(&candidate.name) || candidate.organization.as_deref().is_some_and(|o| *d == fold_for_search(o))
-        });
+        let same_name = display
+            .as_ref()
+            .is_some_and(|d| *d == fold(&candidate.name) || candidate.organization.as_deref().is_some_and(|o| *d == fold(o)));
         if same_name && !found.iter().any(|k| k.kind == KeyKind::Name) {
             score += 5;
             why.push("same display name".to_owned());

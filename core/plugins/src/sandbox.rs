@@ -2,7 +2,8 @@
 //! per-store memory limiter, and the deny-all stand-in for the WASI imports that Rust's and
 //! other languages' toolchains put into every component.
 //!
-//! No ambient capability is granted. A component may import only `wasi:io`, `wasi:cli`,
+//! No ambient capability is granted. Besides the rule package's own `types` and `text` (the
+//! host's search folding, a pure function), a component may import only `wasi:io`, `wasi:cli`,
 //! `wasi:clocks`, `wasi:random` and (unless [`HostConfig::deny_io_imports`]) `wasi:filesystem`
 //! and `wasi:sockets`, all at 0.2.x; anything else (`wasi:http`, a made-up host interface) is
 //! refused at load. Those imports are not linked to the host's WASI at all: the environment and
@@ -19,6 +20,9 @@ use wasmtime::{Cache, Config, Engine, InstanceAllocationStrategy, PoolingAllocat
 
 /// Interfaces a component may import (before `@version`), besides the rule package's own types.
 const ALLOWED: &[&str] = &["wasi:io/", "wasi:cli/", "wasi:clocks/", "wasi:random/"];
+/// The rule package's own interfaces a component may import: shared types, and the host's pure
+/// text functions.
+const OWN: &[&str] = &["types", "text"];
 /// Interfaces allowed, and contained, unless `deny_io_imports`.
 const IO: &[&str] = &["wasi:filesystem/", "wasi:sockets/"];
 
@@ -89,7 +93,10 @@ pub(crate) fn imports(engine: &Engine, component: &Component) -> Vec<String> {
 
 /// Refuses imports the sandbox does not grant.
 pub(crate) fn check_imports(imports: &[String], config: &HostConfig) -> Result<(), LoadError> {
-    let own: Vec<String> = crate::bindings::SUPPORTED_VERSIONS.iter().map(|v| format!("{}/types@{v}", crate::bindings::PACKAGE)).collect();
+    let own: Vec<String> = crate::bindings::SUPPORTED_VERSIONS
+        .iter()
+        .flat_map(|v| OWN.iter().map(move |interface| format!("{}/{interface}@{v}", crate::bindings::PACKAGE)))
+        .collect();
     for name in imports {
         if own.contains(name) {
             continue;
@@ -110,14 +117,18 @@ pub(crate) fn check_imports(imports: &[String], config: &HostConfig) -> Result<(
         }
         return Err(LoadError::ForbiddenImport(format!(
             "the component imports `{name}`, which the plugin sandbox does not provide (a rule may import only \
-             crm:rules types and WASI 0.2 io, cli, clocks, random{})",
+             crm:rules types and text, and WASI 0.2 io, cli, clocks, random{})",
             if config.deny_io_imports { "" } else { ", filesystem and sockets, all denied" }
         )));
     }
     Ok(())
 }
 
-/// A linker with the deny-all stand-ins for the component's WASI imports.
+/// The host's text functions (`crm:rules/text`), without the version.
+const TEXT: &str = "crm:rules/text";
+
+/// A linker with the host's `crm:rules/text` functions and the deny-all stand-ins for the
+/// component's WASI imports.
 pub(crate) fn linker(engine: &Engine, component: &Component) -> Result<Linker<Sandbox>, LoadError> {
     let mut linker = Linker::<Sandbox>::new(engine);
     let err = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
@@ -145,7 +156,9 @@ pub(crate) fn linker(engine: &Engine, component: &Component) -> Result<Linker<Sa
                 ("wasi:filesystem/preopens", "get-directories") => Some(Val::List(Vec::new())),
                 _ => None,
             };
-            if let Some(result) = result {
+            if (interface, function.as_str()) == (TEXT, "fold") {
+                scope.func_wrap(&function, |_, (text,): (String,)| Ok((crm_domain::fold_for_search(&text),))).map_err(err)?;
+            } else if let Some(result) = result {
                 scope
                     .func_new(&function, move |_, _, _, results| {
                         if let Some(slot) = results.first_mut() {

@@ -96,6 +96,7 @@ fn senders() -> Vec<Sender> {
         s(Channel::Phone, "123", None),
         s(Channel::Other, "0030 6941234567", None),
         s(Channel::Other, "someone@example.com", None),
+        s(Channel::Email, "office@example.com", Some("  Ｏﬃce   ΣΤΈΛΙΟΣ ")),
     ]
 }
 
@@ -103,6 +104,8 @@ fn senders() -> Vec<Sender> {
 fn the_default_matcher_matches_exactly_as_the_native_rules() {
     let plugin = host().load("crm-matcher", "test", defaults::MATCHER_WASM).unwrap();
     assert_eq!(plugin.info().world, World::Matcher);
+    // Names are folded by the host's own function, imported, so the keys equal the index's.
+    assert!(plugin.info().imports.iter().any(|i| i == "crm:rules/text@0.1.0"), "{:?}", plugin.info().imports);
     for sender in senders() {
         let native = crm_domain::matching::match_keys(&sender, Region::GR);
         let keys = plugin.match_keys(&sender).unwrap();

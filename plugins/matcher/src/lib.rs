@@ -1,8 +1,10 @@
 //! The default customer matcher as a component: `crm:rules/matcher@0.1.0` implemented by
-//! calling `crm_domain::matching`, the same rules the core's native fallback runs.
+//! calling `crm_domain::matching`, the same rules the core's native fallback runs, with names
+//! folded by the host (`crm:rules/text.fold`), so that the component carries no Unicode tables.
 
 wit_bindgen::generate!({ path: "../../wit/crm-rules/0.1.0", world: "matcher-plugin" });
 
+use crm::rules::text::fold;
 use crm::rules::types::{FieldProblem, RuleError};
 use crm_domain::contact::Region;
 use crm_domain::matching::{self, Candidate, Channel, KeyKind, LookupKey, Sender};
@@ -42,7 +44,7 @@ impl Guest for Matcher {
     fn match_keys(s: wit::Sender, settings: wit::Settings) -> Result<Vec<wit::LookupKey>, RuleError> {
         let region = Region::parse(&settings.default_region)
             .map_err(|detail| RuleError::InvalidInput(vec![FieldProblem { pointer: "/default-region".into(), detail }]))?;
-        Ok(matching::match_keys(&sender(s), region)
+        Ok(matching::match_keys_folding(&sender(s), region, &fold)
             .into_iter()
             .map(|k| wit::LookupKey { kind: kind_to_wit(k.kind), value: k.value, strength: k.strength })
             .collect())
@@ -55,7 +57,7 @@ impl Guest for Matcher {
             .into_iter()
             .map(|c| Candidate { id: c.id, name: c.name, organization: c.organization, matched_keys: c.matched_keys })
             .collect();
-        Ok(matching::choose(&sender(s), &keys, &candidates).map(|c| wit::Choice {
+        Ok(matching::choose_folding(&sender(s), &keys, &candidates, &fold).map(|c| wit::Choice {
             candidate: c.candidate,
             confidence: c.confidence,
             reason: c.reason,
