@@ -80,29 +80,28 @@ fn main() {
         black_box(matcher.match_keys(black_box(&email)).ok());
     });
 
-    println!("cold load from the cached artifact (a new host, as after a restart)");
-    for (name, bytes, rounds) in [("crm-pricing", defaults::PRICING_WASM, 50u32), ("crm-matcher", defaults::MATCHER_WASM, 5)] {
-        let mut total = Duration::ZERO;
-        for _ in 0..rounds {
-            let host = PluginHost::new(config.clone()).expect("host");
-            let started = Instant::now();
-            let plugin = host.load(name, "bench", bytes).expect("load");
-            total += started.elapsed();
-            assert_eq!(host.cache_stats().map(|s| s.hits), Some(1), "{name} was not loaded from its cached artifact");
-            drop(plugin);
-        }
-        println!("{:<44} {:>10.3} ms", format!("load {name} (artifact, link, instantiate)"), (total / rounds).as_secs_f64() * 1e3);
-    }
+    println!("cold load from the cached artifact (a new host, as after a restart; 101 loads each)");
     let cold = HostConfig { warm_up: false, ..config.clone() };
-    let mut total = Duration::ZERO;
-    for _ in 0..50 {
-        let host = PluginHost::new(cold.clone()).expect("host");
-        let started = Instant::now();
-        drop(host.load("crm-matcher", "bench", defaults::MATCHER_WASM).expect("load"));
-        total += started.elapsed();
-        assert_eq!(host.cache_stats().map(|s| s.hits), Some(1), "not loaded from the cached artifact");
+    for (label, config, name, bytes) in [
+        ("crm-pricing (artifact, link, instantiate)", &config, "crm-pricing", defaults::PRICING_WASM),
+        ("crm-matcher (artifact, link, instantiate, warm-up)", &config, "crm-matcher", defaults::MATCHER_WASM),
+        ("crm-matcher without its warm-up", &cold, "crm-matcher", defaults::MATCHER_WASM),
+    ] {
+        let mut times: Vec<Duration> = (0..101)
+            .map(|_| {
+                let host = PluginHost::new(config.clone()).expect("host");
+                let started = Instant::now();
+                let plugin = host.load(name, "bench", bytes).expect("load");
+                let took = started.elapsed();
+                assert_eq!(host.cache_stats().map(|s| s.hits), Some(1), "{name} was not loaded from its cached artifact");
+                drop(plugin);
+                took
+            })
+            .collect();
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!("load {label:<52} median {:>6.3} ms  (fastest {:.3}, 90th percentile {:.3})", ms(times[50]), ms(times[0]), ms(times[90]));
     }
-    println!("{:<44} {:>10.3} ms", "load crm-matcher without its warm-up", (total / 50).as_secs_f64() * 1e3);
     println!("compiling instead (no cache)");
     let uncached = PluginHost::new(HostConfig { cache_dir: None, ..HostConfig::default() }).expect("host");
     let started = Instant::now();
