@@ -61,19 +61,33 @@ impl Email {
     }
 }
 
-/// The region used to read phone numbers written without a country code (ISO 3166 alpha-2).
+/// The region used to read phone numbers written without a country code: an ISO 3166 alpha-2
+/// code that has a numbering plan ([`crate::dialling`] knows every such region).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Region(country::Id);
+pub struct Region([u8; 2]);
 
 impl Region {
     /// Greece, the default.
-    pub const GR: Region = Region(country::Id::GR);
+    pub const GR: Region = Region(*b"GR");
 
     /// Parses an ISO 3166 alpha-2 code such as `GR` or `de`.
     pub fn parse(code: &str) -> Result<Self, String> {
-        country::Id::from_str(&code.trim().to_ascii_uppercase())
-            .map(Region)
-            .map_err(|_| format!("`{code}` is not a known ISO 3166 region code"))
+        let unknown = || format!("`{code}` is not a known ISO 3166 region code");
+        let upper = code.trim().to_ascii_uppercase();
+        let bytes: [u8; 2] = upper.as_bytes().try_into().map_err(|_| unknown())?;
+        let region = Region(bytes);
+        crate::dialling::is_known(region).then_some(region).ok_or_else(unknown)
+    }
+
+    /// The two-letter code, upper case.
+    pub fn code(&self) -> &str {
+        // Only ASCII letters are ever stored (see `parse`).
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+
+    /// The region as the numbering-plan library names it.
+    fn country(self) -> Option<country::Id> {
+        country::Id::from_str(self.code()).ok()
     }
 }
 
@@ -85,7 +99,7 @@ impl Default for Region {
 
 impl fmt::Display for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.as_ref())
+        f.write_str(self.code())
     }
 }
 
@@ -109,7 +123,7 @@ impl PhoneE164 {
         } else {
             typed.to_owned()
         };
-        let parsed = phonenumber::parse(Some(region.0), &bare).map_err(|_| format!("`{typed}` is not a phone number"))?;
+        let parsed = phonenumber::parse(region.country(), &bare).map_err(|_| format!("`{typed}` is not a phone number"))?;
         if !phonenumber::is_valid(&parsed) {
             return Err(format!("`{typed}` is not a valid phone number for its country (read with default region {region})"));
         }

@@ -12,257 +12,305 @@
 
 use crate::contact::{Region, SEPARATORS};
 
-/// Every region's dialling codes, sorted by region: (ISO 3166 code, country calling code,
-/// international prefix when it is plain digits, otherwise "", national trunk prefix or "").
+/// Every region's dialling codes, sorted by region: ISO 3166 code, country calling code,
+/// international prefix when it is plain digits (otherwise ""), national trunk prefix (or "").
 /// Generated from libphonenumber's `PhoneNumberMetadata.xml` (the version the `phonenumber`
-/// crate carries).
-const REGIONS: &[(&str, &str, &str, &str)] = &[
-    ("AC", "247", "00", ""),
-    ("AD", "376", "00", ""),
-    ("AE", "971", "00", "0"),
-    ("AF", "93", "00", "0"),
-    ("AG", "1", "011", "1"),
-    ("AI", "1", "011", "1"),
-    ("AL", "355", "00", "0"),
-    ("AM", "374", "00", "0"),
-    ("AO", "244", "00", ""),
-    ("AR", "54", "00", "0"),
-    ("AS", "1", "011", "1"),
-    ("AT", "43", "00", "0"),
-    ("AU", "61", "0011", "0"),
-    ("AW", "297", "00", ""),
-    ("AX", "358", "00", "0"),
-    ("AZ", "994", "00", "0"),
-    ("BA", "387", "00", "0"),
-    ("BB", "1", "011", "1"),
-    ("BD", "880", "00", "0"),
-    ("BE", "32", "00", "0"),
-    ("BF", "226", "00", ""),
-    ("BG", "359", "00", "0"),
-    ("BH", "973", "00", ""),
-    ("BI", "257", "00", ""),
-    ("BJ", "229", "00", ""),
-    ("BL", "590", "00", "0"),
-    ("BM", "1", "011", "1"),
-    ("BN", "673", "00", ""),
-    ("BO", "591", "", "0"),
-    ("BQ", "599", "00", ""),
-    ("BR", "55", "", "0"),
-    ("BS", "1", "011", "1"),
-    ("BT", "975", "00", ""),
-    ("BW", "267", "00", ""),
-    ("BY", "375", "810", "8"),
-    ("BZ", "501", "00", ""),
-    ("CA", "1", "011", "1"),
-    ("CC", "61", "0011", "0"),
-    ("CD", "243", "00", "0"),
-    ("CF", "236", "00", ""),
-    ("CG", "242", "00", ""),
-    ("CH", "41", "00", "0"),
-    ("CI", "225", "00", ""),
-    ("CK", "682", "00", ""),
-    ("CL", "56", "", ""),
-    ("CM", "237", "00", ""),
-    ("CN", "86", "00", "0"),
-    ("CO", "57", "", "0"),
-    ("CR", "506", "00", ""),
-    ("CU", "53", "119", "0"),
-    ("CV", "238", "0", ""),
-    ("CW", "599", "00", ""),
-    ("CX", "61", "0011", "0"),
-    ("CY", "357", "00", ""),
-    ("CZ", "420", "00", ""),
-    ("DE", "49", "00", "0"),
-    ("DJ", "253", "00", ""),
-    ("DK", "45", "00", ""),
-    ("DM", "1", "011", "1"),
-    ("DO", "1", "011", "1"),
-    ("DZ", "213", "00", "0"),
-    ("EC", "593", "00", "0"),
-    ("EE", "372", "00", ""),
-    ("EG", "20", "00", "0"),
-    ("EH", "212", "00", "0"),
-    ("ER", "291", "00", "0"),
-    ("ES", "34", "00", ""),
-    ("ET", "251", "00", "0"),
-    ("FI", "358", "00", "0"),
-    ("FJ", "679", "00", ""),
-    ("FK", "500", "00", ""),
-    ("FM", "691", "00", ""),
-    ("FO", "298", "00", ""),
-    ("FR", "33", "00", "0"),
-    ("GA", "241", "00", ""),
-    ("GB", "44", "00", "0"),
-    ("GD", "1", "011", "1"),
-    ("GE", "995", "00", "0"),
-    ("GF", "594", "00", "0"),
-    ("GG", "44", "00", "0"),
-    ("GH", "233", "00", "0"),
-    ("GI", "350", "00", ""),
-    ("GL", "299", "00", ""),
-    ("GM", "220", "00", ""),
-    ("GN", "224", "00", ""),
-    ("GP", "590", "00", "0"),
-    ("GQ", "240", "00", ""),
-    ("GR", "30", "00", ""),
-    ("GT", "502", "00", ""),
-    ("GU", "1", "011", "1"),
-    ("GW", "245", "00", ""),
-    ("GY", "592", "001", ""),
-    ("HK", "852", "00", ""),
-    ("HN", "504", "00", ""),
-    ("HR", "385", "00", "0"),
-    ("HT", "509", "00", ""),
-    ("HU", "36", "00", "06"),
-    ("ID", "62", "", "0"),
-    ("IE", "353", "00", "0"),
-    ("IL", "972", "", "0"),
-    ("IM", "44", "00", "0"),
-    ("IN", "91", "00", "0"),
-    ("IO", "246", "00", ""),
-    ("IQ", "964", "00", "0"),
-    ("IR", "98", "00", "0"),
-    ("IS", "354", "00", ""),
-    ("IT", "39", "00", ""),
-    ("JE", "44", "00", "0"),
-    ("JM", "1", "011", "1"),
-    ("JO", "962", "00", "0"),
-    ("JP", "81", "010", "0"),
-    ("KE", "254", "000", "0"),
-    ("KG", "996", "00", "0"),
-    ("KH", "855", "", "0"),
-    ("KI", "686", "00", "0"),
-    ("KM", "269", "00", ""),
-    ("KN", "1", "011", "1"),
-    ("KP", "850", "", "0"),
-    ("KR", "82", "", "0"),
-    ("KW", "965", "00", ""),
-    ("KY", "1", "011", "1"),
-    ("KZ", "7", "810", "8"),
-    ("LA", "856", "00", "0"),
-    ("LB", "961", "00", "0"),
-    ("LC", "1", "011", "1"),
-    ("LI", "423", "00", "0"),
-    ("LK", "94", "00", "0"),
-    ("LR", "231", "00", "0"),
-    ("LS", "266", "00", ""),
-    ("LT", "370", "00", "0"),
-    ("LU", "352", "00", ""),
-    ("LV", "371", "00", ""),
-    ("LY", "218", "00", "0"),
-    ("MA", "212", "00", "0"),
-    ("MC", "377", "00", "0"),
-    ("MD", "373", "00", "0"),
-    ("ME", "382", "00", "0"),
-    ("MF", "590", "00", "0"),
-    ("MG", "261", "00", "0"),
-    ("MH", "692", "011", "1"),
-    ("MK", "389", "00", "0"),
-    ("ML", "223", "00", ""),
-    ("MM", "95", "00", "0"),
-    ("MN", "976", "001", "0"),
-    ("MO", "853", "00", ""),
-    ("MP", "1", "011", "1"),
-    ("MQ", "596", "00", "0"),
-    ("MR", "222", "00", ""),
-    ("MS", "1", "011", "1"),
-    ("MT", "356", "00", ""),
-    ("MU", "230", "020", ""),
-    ("MV", "960", "00", ""),
-    ("MW", "265", "00", "0"),
-    ("MX", "52", "00", ""),
-    ("MY", "60", "00", "0"),
-    ("MZ", "258", "00", ""),
-    ("NA", "264", "00", "0"),
-    ("NC", "687", "00", ""),
-    ("NE", "227", "00", ""),
-    ("NF", "672", "00", ""),
-    ("NG", "234", "009", "0"),
-    ("NI", "505", "00", ""),
-    ("NL", "31", "00", "0"),
-    ("NO", "47", "00", ""),
-    ("NP", "977", "00", "0"),
-    ("NR", "674", "00", ""),
-    ("NU", "683", "00", ""),
-    ("NZ", "64", "00", "0"),
-    ("OM", "968", "00", ""),
-    ("PA", "507", "00", ""),
-    ("PE", "51", "00", "0"),
-    ("PF", "689", "00", ""),
-    ("PG", "675", "00", ""),
-    ("PH", "63", "00", "0"),
-    ("PK", "92", "00", "0"),
-    ("PL", "48", "00", ""),
-    ("PM", "508", "00", "0"),
-    ("PR", "1", "011", "1"),
-    ("PS", "970", "00", "0"),
-    ("PT", "351", "00", ""),
-    ("PW", "680", "", ""),
-    ("PY", "595", "00", "0"),
-    ("QA", "974", "00", ""),
-    ("RE", "262", "00", "0"),
-    ("RO", "40", "00", "0"),
-    ("RS", "381", "00", "0"),
-    ("RU", "7", "810", "8"),
-    ("RW", "250", "00", "0"),
-    ("SA", "966", "00", "0"),
-    ("SB", "677", "", ""),
-    ("SC", "248", "00", ""),
-    ("SD", "249", "00", "0"),
-    ("SE", "46", "00", "0"),
-    ("SG", "65", "", ""),
-    ("SH", "290", "00", ""),
-    ("SI", "386", "00", "0"),
-    ("SJ", "47", "00", ""),
-    ("SK", "421", "00", "0"),
-    ("SL", "232", "00", "0"),
-    ("SM", "378", "00", ""),
-    ("SN", "221", "00", ""),
-    ("SO", "252", "00", "0"),
-    ("SR", "597", "00", ""),
-    ("SS", "211", "00", "0"),
-    ("ST", "239", "00", ""),
-    ("SV", "503", "00", ""),
-    ("SX", "1", "011", "1"),
-    ("SY", "963", "00", "0"),
-    ("SZ", "268", "00", ""),
-    ("TA", "290", "00", ""),
-    ("TC", "1", "011", "1"),
-    ("TD", "235", "00", ""),
-    ("TG", "228", "00", ""),
-    ("TH", "66", "", "0"),
-    ("TJ", "992", "810", ""),
-    ("TK", "690", "00", ""),
-    ("TL", "670", "00", ""),
-    ("TM", "993", "810", "8"),
-    ("TN", "216", "00", ""),
-    ("TO", "676", "00", ""),
-    ("TR", "90", "00", "0"),
-    ("TT", "1", "011", "1"),
-    ("TV", "688", "00", ""),
-    ("TW", "886", "", "0"),
-    ("TZ", "255", "", "0"),
-    ("UA", "380", "00", "0"),
-    ("UG", "256", "", "0"),
-    ("US", "1", "011", "1"),
-    ("UY", "598", "00", "0"),
-    ("UZ", "998", "00", ""),
-    ("VA", "39", "00", ""),
-    ("VC", "1", "011", "1"),
-    ("VE", "58", "00", "0"),
-    ("VG", "1", "011", "1"),
-    ("VI", "1", "011", "1"),
-    ("VN", "84", "00", "0"),
-    ("VU", "678", "00", ""),
-    ("WF", "681", "00", ""),
-    ("WS", "685", "0", ""),
-    ("XK", "383", "00", "0"),
-    ("YE", "967", "00", "0"),
-    ("YT", "262", "00", "0"),
-    ("ZA", "27", "00", "0"),
-    ("ZM", "260", "00", "0"),
-    ("ZW", "263", "00", "0"),
+/// crate carries). Fixed-size records, no pointers: the table is small in a WebAssembly rule.
+const REGIONS: &[Dialling] = &[
+    d("AC", 247, "00", ""),
+    d("AD", 376, "00", ""),
+    d("AE", 971, "00", "0"),
+    d("AF", 93, "00", "0"),
+    d("AG", 1, "011", "1"),
+    d("AI", 1, "011", "1"),
+    d("AL", 355, "00", "0"),
+    d("AM", 374, "00", "0"),
+    d("AO", 244, "00", ""),
+    d("AR", 54, "00", "0"),
+    d("AS", 1, "011", "1"),
+    d("AT", 43, "00", "0"),
+    d("AU", 61, "0011", "0"),
+    d("AW", 297, "00", ""),
+    d("AX", 358, "00", "0"),
+    d("AZ", 994, "00", "0"),
+    d("BA", 387, "00", "0"),
+    d("BB", 1, "011", "1"),
+    d("BD", 880, "00", "0"),
+    d("BE", 32, "00", "0"),
+    d("BF", 226, "00", ""),
+    d("BG", 359, "00", "0"),
+    d("BH", 973, "00", ""),
+    d("BI", 257, "00", ""),
+    d("BJ", 229, "00", ""),
+    d("BL", 590, "00", "0"),
+    d("BM", 1, "011", "1"),
+    d("BN", 673, "00", ""),
+    d("BO", 591, "", "0"),
+    d("BQ", 599, "00", ""),
+    d("BR", 55, "", "0"),
+    d("BS", 1, "011", "1"),
+    d("BT", 975, "00", ""),
+    d("BW", 267, "00", ""),
+    d("BY", 375, "810", "8"),
+    d("BZ", 501, "00", ""),
+    d("CA", 1, "011", "1"),
+    d("CC", 61, "0011", "0"),
+    d("CD", 243, "00", "0"),
+    d("CF", 236, "00", ""),
+    d("CG", 242, "00", ""),
+    d("CH", 41, "00", "0"),
+    d("CI", 225, "00", ""),
+    d("CK", 682, "00", ""),
+    d("CL", 56, "", ""),
+    d("CM", 237, "00", ""),
+    d("CN", 86, "00", "0"),
+    d("CO", 57, "", "0"),
+    d("CR", 506, "00", ""),
+    d("CU", 53, "119", "0"),
+    d("CV", 238, "0", ""),
+    d("CW", 599, "00", ""),
+    d("CX", 61, "0011", "0"),
+    d("CY", 357, "00", ""),
+    d("CZ", 420, "00", ""),
+    d("DE", 49, "00", "0"),
+    d("DJ", 253, "00", ""),
+    d("DK", 45, "00", ""),
+    d("DM", 1, "011", "1"),
+    d("DO", 1, "011", "1"),
+    d("DZ", 213, "00", "0"),
+    d("EC", 593, "00", "0"),
+    d("EE", 372, "00", ""),
+    d("EG", 20, "00", "0"),
+    d("EH", 212, "00", "0"),
+    d("ER", 291, "00", "0"),
+    d("ES", 34, "00", ""),
+    d("ET", 251, "00", "0"),
+    d("FI", 358, "00", "0"),
+    d("FJ", 679, "00", ""),
+    d("FK", 500, "00", ""),
+    d("FM", 691, "00", ""),
+    d("FO", 298, "00", ""),
+    d("FR", 33, "00", "0"),
+    d("GA", 241, "00", ""),
+    d("GB", 44, "00", "0"),
+    d("GD", 1, "011", "1"),
+    d("GE", 995, "00", "0"),
+    d("GF", 594, "00", "0"),
+    d("GG", 44, "00", "0"),
+    d("GH", 233, "00", "0"),
+    d("GI", 350, "00", ""),
+    d("GL", 299, "00", ""),
+    d("GM", 220, "00", ""),
+    d("GN", 224, "00", ""),
+    d("GP", 590, "00", "0"),
+    d("GQ", 240, "00", ""),
+    d("GR", 30, "00", ""),
+    d("GT", 502, "00", ""),
+    d("GU", 1, "011", "1"),
+    d("GW", 245, "00", ""),
+    d("GY", 592, "001", ""),
+    d("HK", 852, "00", ""),
+    d("HN", 504, "00", ""),
+    d("HR", 385, "00", "0"),
+    d("HT", 509, "00", ""),
+    d("HU", 36, "00", "06"),
+    d("ID", 62, "", "0"),
+    d("IE", 353, "00", "0"),
+    d("IL", 972, "", "0"),
+    d("IM", 44, "00", "0"),
+    d("IN", 91, "00", "0"),
+    d("IO", 246, "00", ""),
+    d("IQ", 964, "00", "0"),
+    d("IR", 98, "00", "0"),
+    d("IS", 354, "00", ""),
+    d("IT", 39, "00", ""),
+    d("JE", 44, "00", "0"),
+    d("JM", 1, "011", "1"),
+    d("JO", 962, "00", "0"),
+    d("JP", 81, "010", "0"),
+    d("KE", 254, "000", "0"),
+    d("KG", 996, "00", "0"),
+    d("KH", 855, "", "0"),
+    d("KI", 686, "00", "0"),
+    d("KM", 269, "00", ""),
+    d("KN", 1, "011", "1"),
+    d("KP", 850, "", "0"),
+    d("KR", 82, "", "0"),
+    d("KW", 965, "00", ""),
+    d("KY", 1, "011", "1"),
+    d("KZ", 7, "810", "8"),
+    d("LA", 856, "00", "0"),
+    d("LB", 961, "00", "0"),
+    d("LC", 1, "011", "1"),
+    d("LI", 423, "00", "0"),
+    d("LK", 94, "00", "0"),
+    d("LR", 231, "00", "0"),
+    d("LS", 266, "00", ""),
+    d("LT", 370, "00", "0"),
+    d("LU", 352, "00", ""),
+    d("LV", 371, "00", ""),
+    d("LY", 218, "00", "0"),
+    d("MA", 212, "00", "0"),
+    d("MC", 377, "00", "0"),
+    d("MD", 373, "00", "0"),
+    d("ME", 382, "00", "0"),
+    d("MF", 590, "00", "0"),
+    d("MG", 261, "00", "0"),
+    d("MH", 692, "011", "1"),
+    d("MK", 389, "00", "0"),
+    d("ML", 223, "00", ""),
+    d("MM", 95, "00", "0"),
+    d("MN", 976, "001", "0"),
+    d("MO", 853, "00", ""),
+    d("MP", 1, "011", "1"),
+    d("MQ", 596, "00", "0"),
+    d("MR", 222, "00", ""),
+    d("MS", 1, "011", "1"),
+    d("MT", 356, "00", ""),
+    d("MU", 230, "020", ""),
+    d("MV", 960, "00", ""),
+    d("MW", 265, "00", "0"),
+    d("MX", 52, "00", ""),
+    d("MY", 60, "00", "0"),
+    d("MZ", 258, "00", ""),
+    d("NA", 264, "00", "0"),
+    d("NC", 687, "00", ""),
+    d("NE", 227, "00", ""),
+    d("NF", 672, "00", ""),
+    d("NG", 234, "009", "0"),
+    d("NI", 505, "00", ""),
+    d("NL", 31, "00", "0"),
+    d("NO", 47, "00", ""),
+    d("NP", 977, "00", "0"),
+    d("NR", 674, "00", ""),
+    d("NU", 683, "00", ""),
+    d("NZ", 64, "00", "0"),
+    d("OM", 968, "00", ""),
+    d("PA", 507, "00", ""),
+    d("PE", 51, "00", "0"),
+    d("PF", 689, "00", ""),
+    d("PG", 675, "00", ""),
+    d("PH", 63, "00", "0"),
+    d("PK", 92, "00", "0"),
+    d("PL", 48, "00", ""),
+    d("PM", 508, "00", "0"),
+    d("PR", 1, "011", "1"),
+    d("PS", 970, "00", "0"),
+    d("PT", 351, "00", ""),
+    d("PW", 680, "", ""),
+    d("PY", 595, "00", "0"),
+    d("QA", 974, "00", ""),
+    d("RE", 262, "00", "0"),
+    d("RO", 40, "00", "0"),
+    d("RS", 381, "00", "0"),
+    d("RU", 7, "810", "8"),
+    d("RW", 250, "00", "0"),
+    d("SA", 966, "00", "0"),
+    d("SB", 677, "", ""),
+    d("SC", 248, "00", ""),
+    d("SD", 249, "00", "0"),
+    d("SE", 46, "00", "0"),
+    d("SG", 65, "", ""),
+    d("SH", 290, "00", ""),
+    d("SI", 386, "00", "0"),
+    d("SJ", 47, "00", ""),
+    d("SK", 421, "00", "0"),
+    d("SL", 232, "00", "0"),
+    d("SM", 378, "00", ""),
+    d("SN", 221, "00", ""),
+    d("SO", 252, "00", "0"),
+    d("SR", 597, "00", ""),
+    d("SS", 211, "00", "0"),
+    d("ST", 239, "00", ""),
+    d("SV", 503, "00", ""),
+    d("SX", 1, "011", "1"),
+    d("SY", 963, "00", "0"),
+    d("SZ", 268, "00", ""),
+    d("TA", 290, "00", ""),
+    d("TC", 1, "011", "1"),
+    d("TD", 235, "00", ""),
+    d("TG", 228, "00", ""),
+    d("TH", 66, "", "0"),
+    d("TJ", 992, "810", ""),
+    d("TK", 690, "00", ""),
+    d("TL", 670, "00", ""),
+    d("TM", 993, "810", "8"),
+    d("TN", 216, "00", ""),
+    d("TO", 676, "00", ""),
+    d("TR", 90, "00", "0"),
+    d("TT", 1, "011", "1"),
+    d("TV", 688, "00", ""),
+    d("TW", 886, "", "0"),
+    d("TZ", 255, "", "0"),
+    d("UA", 380, "00", "0"),
+    d("UG", 256, "", "0"),
+    d("US", 1, "011", "1"),
+    d("UY", 598, "00", "0"),
+    d("UZ", 998, "00", ""),
+    d("VA", 39, "00", ""),
+    d("VC", 1, "011", "1"),
+    d("VE", 58, "00", "0"),
+    d("VG", 1, "011", "1"),
+    d("VI", 1, "011", "1"),
+    d("VN", 84, "00", "0"),
+    d("VU", 678, "00", ""),
+    d("WF", 681, "00", ""),
+    d("WS", 685, "0", ""),
+    d("XK", 383, "00", "0"),
+    d("YE", 967, "00", "0"),
+    d("YT", 262, "00", "0"),
+    d("ZA", 27, "00", "0"),
+    d("ZM", 260, "00", "0"),
+    d("ZW", 263, "00", "0"),
 ];
+
+/// One region's dialling codes.
+#[derive(Debug)]
+struct Dialling {
+    region: [u8; 2],
+    calling_code: u16,
+    international_prefix: Prefix,
+    national_prefix: Prefix,
+}
+
+/// Up to four digits.
+#[derive(Debug)]
+struct Prefix {
+    digits: [u8; 4],
+    len: u8,
+}
+
+impl Prefix {
+    fn as_str(&self) -> &str {
+        // Only ASCII digits are stored (see `d`).
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+/// A table row (checked at compile time: two-letter region, prefixes of at most four digits).
+const fn d(region: &str, calling_code: u16, international_prefix: &str, national_prefix: &str) -> Dialling {
+    let region = region.as_bytes();
+    assert!(region.len() == 2);
+    Dialling {
+        region: [region[0], region[1]],
+        calling_code,
+        international_prefix: prefix(international_prefix),
+        national_prefix: prefix(national_prefix),
+    }
+}
+
+const fn prefix(text: &str) -> Prefix {
+    let bytes = text.as_bytes();
+    assert!(bytes.len() <= 4);
+    let mut digits = [0u8; 4];
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(bytes[i].is_ascii_digit());
+        digits[i] = bytes[i];
+        i += 1;
+    }
+    Prefix { digits, len: bytes.len() as u8 }
+}
 
 /// E.164 needs at least this many digits after the `+` to be a subscriber number anywhere.
 const MIN_DIGITS: usize = 7;
@@ -270,9 +318,13 @@ const MIN_DIGITS: usize = 7;
 const MAX_DIGITS: usize = 15;
 
 /// The dialling codes of `region`.
-fn codes(region: Region) -> Option<&'static (&'static str, &'static str, &'static str, &'static str)> {
-    let code = region.to_string();
-    REGIONS.binary_search_by(|entry| entry.0.cmp(code.as_str())).ok().map(|i| &REGIONS[i])
+fn codes(region: Region) -> Option<&'static Dialling> {
+    REGIONS.binary_search_by(|entry| entry.region.as_slice().cmp(region.code().as_bytes())).ok().map(|i| &REGIONS[i])
+}
+
+/// Whether `region` has a numbering plan (is in the table).
+pub(crate) fn is_known(region: Region) -> bool {
+    codes(region).is_some()
 }
 
 /// `number` in E.164 (`+306941234567`), read as dialled in `region`: with `+`, `00` or the
@@ -289,7 +341,8 @@ pub fn e164(number: &str, region: Region) -> Option<String> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let (_, calling_code, international_prefix, national_prefix) = *codes(region)?;
+    let codes = codes(region)?;
+    let (international_prefix, national_prefix) = (codes.international_prefix.as_str(), codes.national_prefix.as_str());
     let international = if plus {
         Some(digits)
     } else if !international_prefix.is_empty() && digits.starts_with(international_prefix) {
@@ -304,7 +357,7 @@ pub fn e164(number: &str, region: Region) -> Option<String> {
                 Some(rest) if !national_prefix.is_empty() && !rest.is_empty() => rest,
                 _ => digits,
             };
-            format!("{calling_code}{national}")
+            format!("{}{national}", codes.calling_code)
         }
     };
     ((MIN_DIGITS..=MAX_DIGITS).contains(&full.len()) && !full.starts_with('0')).then(|| format!("+{full}"))
@@ -315,6 +368,7 @@ mod tests {
     use super::*;
     use crate::contact::PhoneE164;
     use phonenumber::metadata::DATABASE;
+    use std::str::FromStr;
 
     fn region(code: &str) -> Region {
         Region::parse(code).unwrap()
@@ -341,11 +395,12 @@ mod tests {
     fn table_agrees_with_libphonenumber_metadata() {
         let mut checked = 0;
         for meta in DATABASE.iter().filter(|m| m.id().len() == 2) {
-            let Some(&(id, calling_code, international_prefix, national_prefix)) = codes(region(meta.id())) else {
-                panic!("{} is missing from REGIONS", meta.id());
+            let id = meta.id();
+            let Some(codes) = codes(region(id)) else {
+                panic!("{id} is missing from REGIONS");
             };
-            assert_eq!(calling_code, meta.country_code().to_string(), "{id}");
-            assert_eq!(national_prefix, meta.national_prefix().unwrap_or(""), "{id}");
+            assert_eq!(codes.calling_code, meta.country_code(), "{id}");
+            assert_eq!(codes.national_prefix.as_str(), meta.national_prefix().unwrap_or(""), "{id}");
             let plain = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
             let expected = meta
                 .international_prefix()
@@ -353,10 +408,17 @@ mod tests {
                 .filter(|p| plain(p))
                 .or_else(|| meta.preferred_international_prefix().filter(|p| plain(p)).map(str::to_owned))
                 .unwrap_or_default();
-            assert_eq!(international_prefix, expected, "{id}");
+            assert_eq!(codes.international_prefix.as_str(), expected, "{id}");
             checked += 1;
         }
         assert_eq!(checked, REGIONS.len());
+        for entry in REGIONS {
+            let id = std::str::from_utf8(&entry.region).unwrap();
+            assert!(phonenumber::country::Id::from_str(id).is_ok(), "{id} is not a region of the phonenumber crate");
+        }
+        assert!(REGIONS.windows(2).all(|w| w[0].region < w[1].region), "sorted, without duplicates");
+        assert!(Region::parse("XX").is_err() && Region::parse("GRC").is_err() && Region::parse("").is_err());
+        assert_eq!(Region::parse(" de ").map(|r| r.to_string()), Ok("DE".to_owned()));
     }
 
     /// Regions where a national number is more than trunk prefix + national significant number
