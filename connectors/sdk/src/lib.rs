@@ -92,6 +92,6 @@ pub use tokio_util::sync::CancellationToken;
 pub use config::{ConnectorSettings, LogFormat};
 pub use connector::{Command, Connector, HandlerError, Health, Hub, Outcome};
 pub use crm_bus::message::command_group;
-pub use process::main;
+pub use process::{init_logging, main};
 pub use publisher::{Backoff, PublishError, Publisher};
 pub use runner::{ConnectorContext, RunSettings, run, spawn, spawn_with};

@@ -6,10 +6,10 @@
 
 use crate::config::{self, ConnectorSettings, LogFormat};
 use crate::connector::Connector;
-use crate::publisher::Backoff;
+use crate::publisher::retry_while_unreachable;
 use crate::runner::{ConnectorContext, run};
 use anyhow::{Context as _, bail};
-use crm_bus::{Bus, BusError};
+use crm_bus::Bus;
 use secrecy::ExposeSecret;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ where
         );
         return ExitCode::from(2);
     }
-    init_logging(&settings);
+    init_logging(&settings.log_filter, settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -95,28 +95,8 @@ async fn serve<C: Connector>(connector: C, settings: ConnectorSettings) -> anyho
 
 /// Connects to RabbitMQ, retrying while it is unreachable; `None` when told to stop first.
 async fn connect(url: &str, settings: &ConnectorSettings, shutdown: &CancellationToken) -> anyhow::Result<Option<Bus>> {
-    let backoff = Backoff::default();
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let result = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(None),
-            result = Bus::connect(url, settings.bus_config()) => result,
-        };
-        match result {
-            Ok(bus) => return Ok(Some(bus)),
-            Err(err @ (BusError::Unavailable(_) | BusError::Timeout(_))) => {
-                tracing::warn!(attempt, url = %config::redact_url(url), error = %err, "cannot reach the bus yet; retrying");
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return Ok(None),
-                    () = tokio::time::sleep(backoff.delay(attempt)) => {}
-                }
-            }
-            Err(err) => return Err(anyhow::Error::new(err).context("cannot connect to the bus")),
-        }
-    }
+    let what = format!("connecting to {}", config::redact_url(url));
+    retry_while_unreachable(shutdown, &what, || Bus::connect(url, settings.bus_config())).await.context("cannot connect to the bus")
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; exits at once on the second.
@@ -156,12 +136,12 @@ async fn wait_for_signal() -> &'static str {
     "ctrl-c"
 }
 
-/// Installs the global log subscriber: JSON lines unless on a terminal (or as configured), each
-/// with its spans (`connector` with the instance, `command` with the request id and trace);
-/// `RUST_LOG` overrides the configured filter.
-pub fn init_logging(settings: &ConnectorSettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_filter));
-    let json = match settings.log_format {
+/// Installs the global log subscriber for `crm` and every connector process: JSON lines unless
+/// on a terminal (or as `format` says), each with the fields of all its spans (so a request id
+/// set on an outer span is on every line inside it); `RUST_LOG` overrides `filter`.
+pub fn init_logging(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
@@ -170,6 +150,7 @@ pub fn init_logging(settings: &ConnectorSettings) {
     let result =
         if json { builder.json().flatten_event(true).with_current_span(false).with_span_list(true).try_init() } else { builder.try_init() };
     if let Err(err) = result {
+        // Already installed (e.g. by a test harness): keep the existing one.
         tracing::debug!("tracing subscriber already set: {err}");
     }
 }

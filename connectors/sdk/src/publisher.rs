@@ -21,6 +21,42 @@ impl Default for Backoff {
     }
 }
 
+/// Runs `operation` until it succeeds, waiting with the default backoff while the bus is
+/// unreachable (`Unavailable`, `Timeout`) and logging each failure as `what`. `Ok(None)` when
+/// `stop` fires first; any other error is returned at once.
+pub(crate) async fn retry_while_unreachable<T, F, Fut>(
+    stop: &CancellationToken,
+    what: &str,
+    mut operation: F,
+) -> Result<Option<T>, BusError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BusError>>,
+{
+    let backoff = Backoff::default();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let result = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(None),
+            result = operation() => result,
+        };
+        match result {
+            Ok(value) => return Ok(Some(value)),
+            Err(err @ (BusError::Unavailable(_) | BusError::Timeout(_))) => {
+                tracing::warn!(attempt, error = %err, "{what}: the bus is unreachable; retrying");
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(backoff.delay(attempt)) => {}
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 impl Backoff {
     /// The wait before attempt `attempt + 1` (`attempt` ≥ 1), doubling from `initial` to `max`.
     pub fn delay(&self, attempt: u32) -> Duration {

@@ -12,7 +12,8 @@
 
 use crate::connector::{Command, Connector, HandlerError, Health, Hub, Outcome};
 use crate::instance::default_instance;
-use crate::publisher::{Backoff, Publisher};
+use crate::publisher::{Backoff, Publisher, retry_while_unreachable};
+use anyhow::Context as _;
 use crm_bus::message::command_group;
 use crm_bus::message::{ConnectorState, Heartbeat};
 use crm_bus::{Bus, BusError, Envelope, Exchange};
@@ -207,28 +208,9 @@ impl<C: Connector> Runner<C> {
             bindings: self.connector.bindings(),
             prefetch: self.settings.prefetch,
         };
-        let backoff = Backoff::default();
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let result = tokio::select! {
-                biased;
-                () = self.hub.shutdown().cancelled() => return Ok(None),
-                result = self.hub.bus().subscribe(subscription.clone()) => result,
-            };
-            match result {
-                Ok(subscriber) => return Ok(Some(subscriber)),
-                Err(err @ (BusError::Unavailable(_) | BusError::Timeout(_))) => {
-                    tracing::warn!(attempt, error = %err, "cannot subscribe yet; retrying");
-                    tokio::select! {
-                        biased;
-                        () = self.hub.shutdown().cancelled() => return Ok(None),
-                        () = tokio::time::sleep(backoff.delay(attempt)) => {}
-                    }
-                }
-                Err(err) => return Err(anyhow::Error::new(err).context(format!("cannot subscribe to {}", subscription.group))),
-            }
-        }
+        retry_while_unreachable(self.hub.shutdown(), "subscribing to the command queue", || self.hub.bus().subscribe(subscription.clone()))
+            .await
+            .with_context(|| format!("cannot subscribe to {}", subscription.group))
     }
 
     /// Waits for in-flight commands, up to the shutdown timeout; then stops the rest (their

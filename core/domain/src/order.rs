@@ -719,6 +719,20 @@ impl PricingError {
             PricingError::Overflow(_) => "/items".to_owned(),
         }
     }
+
+    /// The JSON Pointer of the field the error concerns in a pricing rule's input (the
+    /// `crm:rules` pricing `order`: `/lines/2/tax-rate`); `None` for an overflow, which
+    /// concerns no one field.
+    pub fn rule_pointer(&self) -> Option<String> {
+        Some(match self {
+            PricingError::Overflow(_) => return None,
+            PricingError::DiscountExceedsSubtotal { .. } | PricingError::DiscountOutOfRange => "/discount".to_owned(),
+            PricingError::BadLine(i) => format!("/lines/{i}"),
+            PricingError::BadLineDiscount(i) => format!("/lines/{i}/discount"),
+            PricingError::TaxRateOutOfRange(None) => "/tax-rate".to_owned(),
+            PricingError::TaxRateOutOfRange(Some(i)) => format!("/lines/{i}/tax-rate"),
+        })
+    }
 }
 
 /// A change to an order that its status does not allow.

@@ -5,7 +5,7 @@
 
 use crate::error::{FieldProblem, RuleError};
 use crm_domain::money::{Hundredths, Money};
-use crm_domain::order::{Discount, ItemType, Order, PricingError, Quote, QuoteLine, quote};
+use crm_domain::order::{Discount, ItemType, Order, Quote, QuoteLine, quote};
 
 /// One line to price (`crm:rules/pricing.line`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,16 +70,9 @@ pub fn price_natively(request: &PriceRequest) -> Result<Quote, RuleError> {
         .iter()
         .map(|l| QuoteLine { quantity: l.quantity, unit_price: l.unit_price, discount: l.discount.clone(), tax_rate: l.tax_rate })
         .collect();
-    quote(&lines, request.discount.as_ref(), request.tax_rate).map_err(|err| {
-        let pointer = match &err {
-            PricingError::Overflow(_) => return RuleError::Overflow,
-            PricingError::DiscountExceedsSubtotal { .. } | PricingError::DiscountOutOfRange => "/discount".to_owned(),
-            PricingError::BadLine(i) => format!("/lines/{i}"),
-            PricingError::BadLineDiscount(i) => format!("/lines/{i}/discount"),
-            PricingError::TaxRateOutOfRange(None) => "/tax-rate".to_owned(),
-            PricingError::TaxRateOutOfRange(Some(i)) => format!("/lines/{i}/tax-rate"),
-        };
-        RuleError::InvalidInput(vec![FieldProblem { pointer, detail: err.to_string() }])
+    quote(&lines, request.discount.as_ref(), request.tax_rate).map_err(|err| match err.rule_pointer() {
+        Some(pointer) => RuleError::InvalidInput(vec![FieldProblem { pointer, detail: err.to_string() }]),
+        None => RuleError::Overflow,
     })
 }
 

@@ -11,7 +11,7 @@
 use crate::config::HostConfig;
 use crate::defaults;
 use crate::error::{CallError, LoadError, RegistryError};
-use crate::plugin::{LoadedPlugin, PluginHost, PluginId, World, sha256_hex};
+use crate::plugin::{ComponentInfo, LoadedPlugin, PluginHost, PluginId, World, sha256_hex};
 use crate::pricing::PriceRequest;
 use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
@@ -83,6 +83,20 @@ pub struct VersionInfo {
     pub source: String,
 }
 
+impl VersionInfo {
+    fn new(version: &str, hash: String, info: &ComponentInfo, source: &str) -> Self {
+        VersionInfo {
+            version: version.to_owned(),
+            hash,
+            world: info.world,
+            wit_version: info.wit_version.clone(),
+            size_bytes: info.size_bytes,
+            added_at: Utc::now(),
+            source: source.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     name: String,
@@ -105,6 +119,26 @@ impl State {
 
     fn entry_mut(&mut self, name: &str) -> Option<&mut Entry> {
         self.plugins.iter_mut().find(|e| e.name == name)
+    }
+
+    /// Makes `record` the current version of `name` (a new plugin is enabled); keeps at most
+    /// `MAX_VERSIONS` versions.
+    fn add_version(&mut self, name: &str, record: VersionInfo) -> &mut Entry {
+        let index = match self.plugins.iter().position(|e| e.name == name) {
+            Some(index) => index,
+            None => {
+                self.plugins.push(Entry { name: name.to_owned(), enabled: true, versions: Vec::new() });
+                self.plugins.len() - 1
+            }
+        };
+        let entry = &mut self.plugins[index];
+        entry.versions.retain(|v| !(v.hash == record.hash && v.version == record.version));
+        entry.versions.push(record);
+        if entry.versions.len() > MAX_VERSIONS {
+            let excess = entry.versions.len() - MAX_VERSIONS;
+            entry.versions.drain(..excess);
+        }
+        entry
     }
 
     fn role(&self, role: Role) -> Option<&str> {
@@ -291,20 +325,7 @@ impl Registry {
         }
         let info = self.host.inspect(bytes)?;
         write_file(&self.blob_path(&hash), bytes)?;
-        let mut state = lock(&self.state);
-        let record = VersionInfo {
-            version: version.to_owned(),
-            hash,
-            world: info.world,
-            wit_version: info.wit_version,
-            size_bytes: info.size_bytes,
-            added_at: Utc::now(),
-            source: source.to_owned(),
-        };
-        match state.entry_mut(name) {
-            Some(entry) => push_version(entry, record),
-            None => state.plugins.push(Entry { name: name.to_owned(), enabled: true, versions: vec![record] }),
-        }
+        lock(&self.state).add_version(name, VersionInfo::new(version, hash, &info, source));
         tracing::info!(plugin = name, version, source, "plugin registered");
         Ok(())
     }
@@ -395,22 +416,7 @@ impl Registry {
         let mut state = lock(&self.state);
         let same = state.entry(name).and_then(|e| e.versions.last()).is_some_and(|v| v.hash == hash && v.version == version);
         if !same {
-            let record = VersionInfo {
-                version: version.to_owned(),
-                hash,
-                world: info.world,
-                wit_version: info.wit_version,
-                size_bytes: info.size_bytes,
-                added_at: Utc::now(),
-                source: "upload".into(),
-            };
-            match state.entry_mut(name) {
-                Some(entry) => {
-                    push_version(entry, record);
-                    entry.enabled = true;
-                }
-                None => state.plugins.push(Entry { name: name.to_owned(), enabled: true, versions: vec![record] }),
-            }
+            state.add_version(name, VersionInfo::new(version, hash, &info, "upload")).enabled = true;
             lock(&self.loaded).insert(name.to_owned(), Arc::new(plugin));
             lock(&self.load_errors).remove(name);
         }
@@ -592,15 +598,6 @@ impl Registry {
     /// Where the registry keeps its files.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-}
-
-fn push_version(entry: &mut Entry, record: VersionInfo) {
-    entry.versions.retain(|v| !(v.hash == record.hash && v.version == record.version));
-    entry.versions.push(record);
-    if entry.versions.len() > MAX_VERSIONS {
-        let excess = entry.versions.len() - MAX_VERSIONS;
-        entry.versions.drain(..excess);
     }
 }
 

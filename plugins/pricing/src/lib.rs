@@ -20,15 +20,10 @@ fn discount(d: &pricing::Discount) -> Discount {
 
 /// The error's field in the WIT input record (`/lines/2/discount`).
 fn problem(err: PricingError) -> RuleError {
-    let pointer = match &err {
-        PricingError::Overflow(_) => return RuleError::Overflow,
-        PricingError::DiscountExceedsSubtotal { .. } | PricingError::DiscountOutOfRange => "/discount".to_owned(),
-        PricingError::BadLine(i) => format!("/lines/{i}"),
-        PricingError::BadLineDiscount(i) => format!("/lines/{i}/discount"),
-        PricingError::TaxRateOutOfRange(None) => "/tax-rate".to_owned(),
-        PricingError::TaxRateOutOfRange(Some(i)) => format!("/lines/{i}/tax-rate"),
-    };
-    RuleError::InvalidInput(vec![FieldProblem { pointer, detail: err.to_string() }])
+    match err.rule_pointer() {
+        Some(pointer) => RuleError::InvalidInput(vec![FieldProblem { pointer, detail: err.to_string() }]),
+        None => RuleError::Overflow,
+    }
 }
 
 impl Guest for Pricing {
