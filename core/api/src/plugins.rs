@@ -143,15 +143,7 @@ async fn quote(State(state): State<AppState>, ctx: Ctx, JsonBody(mut body): Json
 pub(crate) async fn price_order(state: &AppState, order: &mut Order, current: Option<&Order>) -> ApiResult<()> {
     if let Some(current) = current.filter(|c| c.status != OrderStatus::Draft) {
         if current.items.len() == order.items.len() {
-            for (item, kept) in order.items.iter_mut().zip(&current.items) {
-                item.line_total = kept.line_total;
-            }
-            order.subtotal = current.subtotal;
-            order.discount_total = current.discount_total;
-            order.tax_total = current.tax_total;
-            order.total = current.total;
-            order.pricing_notes = current.pricing_notes.clone();
-            order.priced_by = current.priced_by.clone();
+            order.keep_amounts_of(current);
         }
         return Ok(());
     }

@@ -777,6 +777,20 @@ impl Order {
         self.priced_by = priced_by;
     }
 
+    /// Takes the amounts `priced` was priced with (its lines' totals, the order's totals, the
+    /// notes and who priced it); the items must be the same lines.
+    pub fn keep_amounts_of(&mut self, priced: &Order) {
+        for (item, kept) in self.items.iter_mut().zip(&priced.items) {
+            item.line_total = kept.line_total;
+        }
+        self.subtotal = priced.subtotal;
+        self.discount_total = priced.discount_total;
+        self.tax_total = priced.tax_total;
+        self.total = priced.total;
+        self.pricing_notes = priced.pricing_notes.clone();
+        self.priced_by = priced.priced_by.clone();
+    }
+
     /// Units per product over all product lines.
     pub fn stock_lines(&self) -> Vec<(Uuid, i64)> {
         let mut lines: Vec<(Uuid, i64)> = Vec::new();
