@@ -1028,6 +1028,26 @@ mod tests {
     }
 
     #[test]
+    fn an_order_keeps_the_amounts_it_was_priced_with() {
+        let input: OrderInput = serde_json::from_value(json!({
+            "customer_id": Uuid::nil(),
+            "items": [{"type": "service", "description": "tuning", "unit_price": 12_000, "quantity": 2},
+                      {"type": "service", "description": "visit", "unit_price": 4_500}],
+            "discount": {"type": "percentage", "value": 10}
+        }))
+        .unwrap();
+        let mut priced = input.parse(&HashMap::new()).unwrap();
+        priced.priced_by = Some(PricedBy { plugin: "volume".into(), version: "1.0.0".into(), hash: "ab".into() });
+        assert!(!priced.pricing_notes.is_empty());
+        let mut next = priced.clone();
+        let one_cent = QuoteLine { quantity: 1, unit_price: Money::from_minor(1), discount: None, tax_rate: None };
+        next.apply_quote(&quote(&[one_cent.clone(), one_cent], None, None).unwrap(), None);
+        assert_ne!(next, priced);
+        next.keep_amounts_of(&priced);
+        assert_eq!(next, priced, "line totals, totals, notes and who priced it all come back");
+    }
+
+    #[test]
     fn order_numbers() {
         assert_eq!(order_number(2026, 7), "ORD-2026-007");
         assert_eq!(order_number(2026, 1234), "ORD-2026-1234");
