@@ -11,17 +11,25 @@ use std::time::Duration;
 /// broker).
 #[derive(Debug, Clone)]
 pub enum Bus {
-    /// The in-process bus: messages live in this process's memory.
+    /// The in-process bus: messages live in this process's memory (and its journal).
     InProcess(InProcessBus),
     /// RabbitMQ through `lapin`.
     Amqp(AmqpBus),
 }
 
 impl Bus {
-    /// A fresh in-process bus. Panics on a prefix that cannot be a queue name (a configuration
-    /// error caught at start).
+    /// A fresh in-process bus whose messages live in memory only (tests, benchmarks, tools).
+    /// Panics on a prefix that cannot be a queue name (a configuration error caught at start).
     pub fn in_process(config: BusConfig) -> Bus {
         Bus::InProcess(InProcessBus::new(config))
+    }
+
+    /// An in-process bus that keeps its messages in a journal at `journal` as well, so a restart
+    /// loses none: it starts with every message the journal holds back in its queue (marked
+    /// redelivered), and a publish returns once the message is on disk. Fails when the journal
+    /// cannot be opened or another process has it. Panics like [`Bus::in_process`].
+    pub fn in_process_durable(config: BusConfig, journal: &std::path::Path) -> Result<Bus, BusError> {
+        Ok(Bus::InProcess(InProcessBus::durable(config, journal)?))
     }
 
     /// Connects to RabbitMQ at `amqp_url` and declares the topology (exchanges and the
@@ -52,7 +60,7 @@ impl Bus {
     /// binds is [`BusError::Rejected`].
     pub async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
         match self {
-            Bus::InProcess(bus) => bus.publish(envelope),
+            Bus::InProcess(bus) => bus.publish(envelope).await,
             Bus::Amqp(bus) => bus.publish(envelope).await,
         }
     }
@@ -61,7 +69,7 @@ impl Bus {
     /// after every confirm has been awaited; the others were published.
     pub async fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
         match self {
-            Bus::InProcess(bus) => bus.publish_all(envelopes),
+            Bus::InProcess(bus) => bus.publish_all(envelopes).await,
             Bus::Amqp(bus) => bus.publish_all(envelopes).await,
         }
     }
@@ -119,7 +127,7 @@ impl Bus {
     /// RabbitMQ), confirmed. [`BusError::Invalid`] when the group has no queue.
     pub async fn replay(&self, group: &str, envelope: &Envelope) -> Result<(), BusError> {
         match self {
-            Bus::InProcess(bus) => bus.replay(group, envelope),
+            Bus::InProcess(bus) => bus.replay(group, envelope).await,
             Bus::Amqp(bus) => bus.replay(group, envelope).await,
         }
     }
@@ -153,7 +161,7 @@ impl Bus {
     /// [`BusError::Closed`].
     pub async fn close(&self) {
         match self {
-            Bus::InProcess(bus) => bus.close(),
+            Bus::InProcess(bus) => bus.close().await,
             Bus::Amqp(bus) => bus.close().await,
         }
     }

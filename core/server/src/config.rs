@@ -52,6 +52,9 @@ pub struct Settings {
     pub amqp_url: Option<SecretString>,
     /// Prefix of the bus's exchange and queue names.
     pub bus_prefix: String,
+    /// The in-process bus's journal (used without `amqp_url`): the messages it holds, on disk,
+    /// so a restart loses none.
+    pub bus_journal: PathBuf,
     /// Connectors run as tasks inside `crm serve` (on either bus): `files-local`, `email` (which
     /// reads its own settings from `email.toml` / `CRM_CONNECTOR_EMAIL_*`).
     pub embedded_connectors: Vec<String>,
@@ -109,6 +112,7 @@ impl Default for Settings {
             admin_password: None,
             amqp_url: None,
             bus_prefix: "crm".into(),
+            bus_journal: PathBuf::from("./data/bus.journal"),
             embedded_connectors: vec!["files-local".into()],
             files_dir: PathBuf::from("./data/files"),
             files_max_bytes: 25 * 1024 * 1024,
@@ -140,6 +144,7 @@ impl std::fmt::Debug for Settings {
             .field("admin_password", &self.admin_password.as_ref().map(|_| "***"))
             .field("amqp_url", &self.amqp_url.as_ref().map(|u| crm_bus::redact_url(u.expose_secret())))
             .field("bus_prefix", &self.bus_prefix)
+            .field("bus_journal", &self.bus_journal)
             .field("embedded_connectors", &self.embedded_connectors)
             .field("files_dir", &self.files_dir)
             .field("files_max_bytes", &self.files_max_bytes)
@@ -284,6 +289,7 @@ struct SettingsDefaults {
     auth_argon2_iterations: u32,
     cors_origins: Vec<String>,
     bus_prefix: String,
+    bus_journal: PathBuf,
     embedded_connectors: Vec<String>,
     files_dir: PathBuf,
     files_max_bytes: u64,
@@ -311,6 +317,7 @@ impl Default for SettingsDefaults {
             auth_argon2_iterations: d.auth_argon2_iterations,
             cors_origins: d.cors_origins,
             bus_prefix: d.bus_prefix,
+            bus_journal: d.bus_journal,
             embedded_connectors: d.embedded_connectors,
             files_dir: d.files_dir,
             files_max_bytes: d.files_max_bytes,

@@ -73,11 +73,12 @@ pub async fn ensure_first_admin(store: &Store, settings: &Settings, state: &crm_
     Ok(())
 }
 
-/// Connects the bus the settings name: RabbitMQ when `amqp_url` is set, else in process.
+/// Connects the bus the settings name: RabbitMQ when `amqp_url` is set, else in process with
+/// its journal at `bus_journal`.
 pub async fn connect_bus(settings: &Settings) -> anyhow::Result<Bus> {
     let config = BusConfig { prefix: settings.bus_prefix.clone(), ..BusConfig::default() };
     match &settings.amqp_url {
-        None => Ok(Bus::in_process(config)),
+        None => Bus::in_process_durable(config, &settings.bus_journal).context("cannot open the in-process bus"),
         Some(url) => {
             let shown = crm_bus::redact_url(url.expose_secret());
             let bus = Bus::connect(url.expose_secret(), config).await.with_context(|| format!("cannot connect to RabbitMQ at {shown}"))?;

@@ -1,6 +1,8 @@
 //! The `crm` binary, run as an operator would: user management against a SQLite file, the
-//! configuration printout, the help, and `crm serve` creating the first admin, answering a
-//! sign-in over HTTP and shutting down on SIGTERM. Argon2 is made cheap through the environment.
+//! configuration printout, the help, `crm serve` creating the first admin, answering a sign-in
+//! over HTTP and shutting down on SIGTERM, and `crm serve` killed with a command still queued on
+//! its in-process bus, which the next start delivers. Argon2 is made cheap through the
+//! environment.
 
 use serde_json::{Value, json};
 use std::io::Write as _;
@@ -214,6 +216,75 @@ async fn serve_creates_the_first_admin() {
     assert!(log.contains("\"stopped\""), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_still_stores_the_upload_it_accepted() {
+    let dir = TempDir::new("journal");
+    let (email, password) = ("owner@example.gr", "first admin passphrase 77");
+    let admin = [("CRM_ADMIN_EMAIL", email), ("CRM_ADMIN_PASSWORD", password)];
+    // No files connector at first: the command to store the upload waits in its queue on the
+    // in-process bus, after the outbox relay has published it (and marked it sent).
+    let server = Server::start(&dir, &[admin[0], admin[1], ("CRM_EMBEDDED_CONNECTORS", "[]")]).await;
+    let client = reqwest::Client::new();
+    let token = server.token(&client, email, password).await;
+    let response = client
+        .post(server.url("/api/v1/customers"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Ιερός Ναός Αγίου Νικολάου Βόλου"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let customer: Value = response.json().await.unwrap();
+    let bytes: Vec<u8> = (0..70_000).map(|i| (i % 251) as u8).collect();
+    let boundary = "crm-cli-journal-test";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"customer_id\"\r\n\r\n{}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"καμπάνα.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+        customer["id"].as_str().unwrap()
+    )
+    .into_bytes();
+    body.extend_from_slice(&bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let response = client
+        .post(server.url("/api/v1/media"))
+        .bearer_auth(&token)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED, "{}", server.log());
+    let media: Value = response.json().await.unwrap();
+    let content = format!("/api/v1/media/{}/content", media["id"].as_str().unwrap());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let bus: Value = client.get(server.url("/api/v1/bus")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let parked = bus["queues"].as_array().into_iter().flatten().find(|q| q["group"] == "connector.files.commands");
+        let outbox_empty = bus["outbox"]["backlog"] == json!(0);
+        if parked.is_some_and(|q| q["messages"] == json!(1)) && outbox_empty {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the command never reached its queue: {bus:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(server); // SIGKILL: no shutdown, nothing flushed on the way out.
+
+    let server = Server::start(&dir, &admin).await;
+    let token = server.token(&client, email, password).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = client.get(server.url(&content)).bearer_auth(&token).send().await.unwrap();
+        if response.status() == reqwest::StatusCode::OK {
+            assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice(), "the stored file is the uploaded one");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the upload was never stored after the restart:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = server.stop().await;
+    assert!(log.contains("restored the messages queued before the restart"), "{log}");
+}
+
 /// `crm serve` on a free port, killed when dropped.
 struct Server {
     child: Child,
@@ -258,15 +329,20 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Signs in over HTTP and returns `/me` as that user.
-    async fn sign_in(&self, client: &reqwest::Client, email: &str, password: &str) -> Value {
+    /// Signs in over HTTP and returns the access token.
+    async fn token(&self, client: &reqwest::Client, email: &str, password: &str) -> String {
         let response =
             client.post(self.url("/api/v1/auth/login")).json(&json!({"email": email, "password": password})).send().await.unwrap();
         let status = response.status();
         let tokens: Value = response.json().await.unwrap();
         assert_eq!(status, reqwest::StatusCode::OK, "{tokens:#}\n{}", self.log());
         assert_eq!(tokens["token_type"], "Bearer");
-        let token = tokens["access_token"].as_str().expect("access token");
+        tokens["access_token"].as_str().expect("access token").to_owned()
+    }
+
+    /// Signs in over HTTP and returns `/me` as that user.
+    async fn sign_in(&self, client: &reqwest::Client, email: &str, password: &str) -> Value {
+        let token = self.token(client, email, password).await;
         let response = client.get(self.url("/api/v1/me")).bearer_auth(token).send().await.unwrap();
         assert_eq!(response.status(), reqwest::StatusCode::OK);
         response.json().await.unwrap()

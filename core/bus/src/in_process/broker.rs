@@ -15,6 +15,9 @@ use super::{Broker, TRANSPORT, Token};
 /// A message waiting in a queue or delivered and not yet acknowledged.
 #[derive(Debug, Clone)]
 pub(super) struct Message {
+    /// Its number in the journal, 0 when it is not journaled (no journal, or a request whose
+    /// requester would not outlive a restart).
+    pub(super) seq: u64,
     pub(super) envelope: Envelope,
     pub(super) attempt: u32,
     pub(super) redelivered: bool,
@@ -25,7 +28,7 @@ pub(super) struct Message {
 
 impl Message {
     pub(super) fn new(envelope: Envelope) -> Self {
-        Self { envelope, attempt: 1, redelivered: false, dead: None, reply_to: None, correlation_id: None }
+        Self { seq: 0, envelope, attempt: 1, redelivered: false, dead: None, reply_to: None, correlation_id: None }
     }
 }
 
@@ -71,8 +74,9 @@ impl State {
         });
     }
 
-    pub(super) fn bind(&mut self, exchange: Exchange, pattern: &str, queue: &str) {
-        self.bindings.insert((exchange.kind(), pattern.to_owned(), queue.to_owned()));
+    /// Binds `queue` to `pattern` on `exchange`; whether the binding is new.
+    pub(super) fn bind(&mut self, exchange: Exchange, pattern: &str, queue: &str) -> bool {
+        self.bindings.insert((exchange.kind(), pattern.to_owned(), queue.to_owned()))
     }
 
     /// The queues a message on `exchange` with `routing_key` goes to (each once).

@@ -1,9 +1,11 @@
 //! The in-process bus, the embedded default: the same semantics as the RabbitMQ transport
 //! (topic bindings, one queue per group shared by competing subscribers, prefetch, redelivery
 //! of what a dropped subscriber held, retry with backoff, dead letters, replay, request/reply),
-//! with every message in this process's memory: a restart loses what was not yet acknowledged.
+//! with every message in this process's memory and, for `crm serve`, in a journal on disk
+//! ([`journal`]), so a restart loses nothing that was queued or not yet acknowledged.
 
 mod broker;
+mod journal;
 
 use crate::config::BusConfig;
 use crate::delivery::{DeadInfo, Delivery, Settle};
@@ -12,6 +14,8 @@ use crate::subscription::{QueueStats, Subscriber as BusSubscriber, Subscription}
 use crate::topology::{DEAD_LETTER_GROUP, Names};
 use crate::{BusError, telemetry, topic};
 use broker::{Message, State};
+use journal::Journal;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -29,11 +33,40 @@ pub(crate) struct Broker {
     config: BusConfig,
     names: Names,
     state: Mutex<State>,
+    journal: Option<Journal>,
 }
 
 impl Broker {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Journals `message` entering `queue` (a request is not journaled: its requester would not
+    /// outlive a restart).
+    fn journal_put(&self, queue: &str, group: &str, message: &mut Message) {
+        if let Some(journal) = &self.journal
+            && message.reply_to.is_none()
+        {
+            message.seq = journal.put(queue, group, message);
+        }
+    }
+
+    /// Journals `message` leaving its queue for good.
+    fn journal_done(&self, message: &Message) {
+        if let (Some(journal), 1..) = (&self.journal, message.seq) {
+            journal.done(message.seq);
+        }
+    }
+
+    /// Resolves once what was journaled so far is on disk (at once without a journal).
+    fn synced(&self) -> impl Future<Output = Result<(), BusError>> + use<> {
+        let synced = self.journal.as_ref().map(Journal::synced);
+        async move {
+            match synced {
+                Some(synced) => synced.await,
+                None => Ok(()),
+            }
+        }
     }
 }
 
@@ -47,11 +80,35 @@ pub(crate) struct Token {
 }
 
 impl InProcessBus {
+    /// A bus whose messages live in memory only.
     pub(crate) fn new(config: BusConfig) -> Self {
+        Self::with_journal(config, None)
+    }
+
+    /// A bus that journals its messages at `path` and starts with the ones the journal holds
+    /// (each back in its queue, marked redelivered).
+    pub(crate) fn durable(config: BusConfig, path: &Path) -> Result<Self, BusError> {
+        let (journal, contents) = Journal::open(path, journal::COMPACT_ABOVE)?;
+        let bus = Self::with_journal(config, Some(journal));
+        let weak = bus.weak();
+        let mut state = bus.broker.lock();
+        for binding in contents.bindings {
+            state.declare(&binding.queue, &binding.group);
+            state.bind(binding.exchange, &binding.pattern, &binding.queue);
+        }
+        for restored in contents.messages {
+            state.declare(&restored.queue, &restored.group);
+            state.enqueue(&weak, &restored.queue, restored.message, false);
+        }
+        drop(state);
+        Ok(bus)
+    }
+
+    fn with_journal(config: BusConfig, journal: Option<Journal>) -> Self {
         let names = Names::new(&config.prefix).expect("a valid bus prefix");
         let mut state = State::default();
         state.declare(&names.dead_letter_queue(), DEAD_LETTER_GROUP);
-        Self { broker: Arc::new(Broker { config, names, state: Mutex::new(state) }) }
+        Self { broker: Arc::new(Broker { config, names, state: Mutex::new(state), journal }) }
     }
 
     pub(crate) fn config(&self) -> &BusConfig {
@@ -77,29 +134,36 @@ impl InProcessBus {
         if queues.is_empty() && envelope.exchange == crate::Exchange::Commands {
             return Err(BusError::Rejected(format!("no queue is bound for command '{}'", envelope.routing_key)));
         }
+        telemetry::published(TRANSPORT, envelope.exchange, 1);
         let weak = self.weak();
         for queue in queues {
-            state.enqueue(&weak, &queue, message.clone(), false);
+            let Some(group) = state.queues.get(&queue).map(|q| q.group.clone()) else { continue };
+            let mut copy = message.clone();
+            self.broker.journal_put(&queue, &group, &mut copy);
+            state.enqueue(&weak, &queue, copy, false);
         }
-        telemetry::published(TRANSPORT, envelope.exchange, 1);
         Ok(())
     }
 
-    pub(crate) fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
-        tracing::debug!(envelope.id = %envelope.id, envelope.kind = %envelope.kind, request_id = envelope.trace.request_id.as_deref(), routing_key = %envelope.routing_key, "publish");
-        let mut state = self.open()?;
-        self.route(&mut state, Message::new(envelope.clone()))
+    /// Publishes; returns once the message is journaled (when there is a journal).
+    pub(crate) async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+        self.publish_all(std::slice::from_ref(envelope)).await
     }
 
-    pub(crate) fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
-        let mut state = self.open()?;
+    pub(crate) async fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
         let mut first_error = None;
-        for envelope in envelopes {
-            if let Err(err) = self.route(&mut state, Message::new(envelope.clone())) {
-                first_error.get_or_insert(err);
+        let synced = {
+            let mut state = self.open()?;
+            for envelope in envelopes {
+                tracing::debug!(envelope.id = %envelope.id, envelope.kind = %envelope.kind, request_id = envelope.trace.request_id.as_deref(), routing_key = %envelope.routing_key, "publish");
+                if let Err(err) = self.route(&mut state, Message::new(envelope.clone())) {
+                    first_error.get_or_insert(err);
+                }
             }
-        }
-        first_error.map_or(Ok(()), Err)
+            self.broker.synced()
+        };
+        let synced = synced.await;
+        first_error.map_or(synced, Err)
     }
 
     /// Declares the group's queue and bindings, returning the state (locked) and the queue.
@@ -111,7 +175,17 @@ impl InProcessBus {
         let mut state = self.open()?;
         state.declare(&queue, &subscription.group);
         for pattern in &subscription.bindings {
-            state.bind(subscription.exchange, pattern, &queue);
+            if state.bind(subscription.exchange, pattern, &queue)
+                && let Some(journal) = &self.broker.journal
+            {
+                let binding = journal::Binding {
+                    exchange: subscription.exchange,
+                    pattern: pattern.clone(),
+                    queue: queue.clone(),
+                    group: subscription.group.clone(),
+                };
+                journal.bind(binding);
+            }
         }
         Ok((state, queue))
     }
@@ -168,13 +242,19 @@ impl InProcessBus {
         Ok(())
     }
 
-    pub(crate) fn replay(&self, group: &str, envelope: &Envelope) -> Result<(), BusError> {
+    pub(crate) async fn replay(&self, group: &str, envelope: &Envelope) -> Result<(), BusError> {
         let queue = self.broker.names.group_queue(group)?;
-        let mut state = self.open()?;
-        if !state.enqueue(&self.weak(), &queue, Message::new(envelope.clone()), false) {
-            return Err(BusError::Invalid(format!("group '{group}' has no queue")));
-        }
-        Ok(())
+        let synced = {
+            let mut state = self.open()?;
+            let Some(group) = state.queues.get(&queue).map(|q| q.group.clone()) else {
+                return Err(BusError::Invalid(format!("group '{group}' has no queue")));
+            };
+            let mut message = Message::new(envelope.clone());
+            self.broker.journal_put(&queue, &group, &mut message);
+            state.enqueue(&self.weak(), &queue, message, false);
+            self.broker.synced()
+        };
+        synced.await
     }
 
     pub(crate) fn queue_stats(&self) -> Vec<QueueStats> {
@@ -195,16 +275,26 @@ impl InProcessBus {
         !self.broker.lock().closed
     }
 
-    pub(crate) fn close(&self) {
-        let mut state = self.broker.lock();
-        state.closed = true;
-        state.clear(false);
+    /// Closes the bus once what it journaled is on disk.
+    pub(crate) async fn close(&self) {
+        let synced = {
+            let mut state = self.broker.lock();
+            state.closed = true;
+            state.clear(false);
+            self.broker.synced()
+        };
+        if let Err(err) = synced.await {
+            tracing::warn!(%err, "closing the in-process bus");
+        }
     }
 
     pub(crate) fn delete_topology(&self) {
         let mut state = self.broker.lock();
         state.clear(true);
         state.declare(&self.broker.names.dead_letter_queue(), DEAD_LETTER_GROUP);
+        if let Some(journal) = &self.broker.journal {
+            journal.clear();
+        }
     }
 }
 
@@ -265,7 +355,10 @@ fn gone() -> BusError {
 }
 
 pub(crate) fn ack(delivery: Delivery) -> Result<(), BusError> {
-    settle(delivery, |_, _, _, delivery| telemetry::acked(TRANSPORT, &delivery.group, 1))
+    settle(delivery, |broker, _, message, delivery| {
+        broker.journal_done(&message);
+        telemetry::acked(TRANSPORT, &delivery.group, 1);
+    })
 }
 
 pub(crate) fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BusError> {
@@ -289,17 +382,27 @@ pub(crate) fn dead_letter(delivery: Delivery, reason: &str) -> Result<(), BusErr
     settle(delivery, |broker, state, message, delivery| bury(broker, state, message, &delivery.group, reason))
 }
 
-fn bury(broker: &Arc<Broker>, state: &mut State, mut message: Message, group: &str, reason: &str) {
+fn bury(broker: &Arc<Broker>, state: &mut State, message: Message, group: &str, reason: &str) {
     tracing::warn!(envelope.id = %message.envelope.id, envelope.kind = %message.envelope.kind, group, reason, attempts = message.attempt, "dead-lettered");
-    message.dead =
-        Some(DeadInfo { group: group.to_owned(), reason: reason.to_owned(), attempts: message.attempt, dead_at: chrono::Utc::now() });
-    message.redelivered = false;
-    state.enqueue(&Arc::downgrade(broker), &broker.names.dead_letter_queue(), message, false);
+    let dead = DeadInfo { group: group.to_owned(), reason: reason.to_owned(), attempts: message.attempt, dead_at: chrono::Utc::now() };
+    let queue = broker.names.dead_letter_queue();
+    let moved = move_to(broker, &queue, DEAD_LETTER_GROUP, message, |m| m.dead = Some(dead));
+    state.enqueue(&Arc::downgrade(broker), &queue, moved, false);
     telemetry::dead_lettered(TRANSPORT, group);
 }
 
+/// `message` changed by `change` as it enters `queue` afresh (not redelivered), journaled there
+/// in place of where it was.
+fn move_to(broker: &Broker, queue: &str, group: &str, message: Message, change: impl FnOnce(&mut Message)) -> Message {
+    let mut moved = Message { redelivered: false, ..message.clone() };
+    change(&mut moved);
+    broker.journal_put(queue, group, &mut moved);
+    broker.journal_done(&message);
+    moved
+}
+
 pub(crate) fn retry(delivery: Delivery, reason: &str) -> Result<(), BusError> {
-    settle(delivery, |broker, state, mut message, delivery| {
+    settle(delivery, |broker, state, message, delivery| {
         let policy = &broker.config.retry;
         if policy.exhausted(message.attempt) {
             bury(broker, state, message, &delivery.group, reason);
@@ -308,9 +411,8 @@ pub(crate) fn retry(delivery: Delivery, reason: &str) -> Result<(), BusError> {
         let delay = policy.delay_after(message.attempt);
         tracing::info!(envelope.id = %message.envelope.id, group = %delivery.group, attempt = message.attempt, ?delay, reason, "retry");
         telemetry::retried(TRANSPORT, &delivery.group);
-        message.attempt += 1;
-        message.redelivered = false;
         let queue = token(&delivery).queue.clone();
+        let message = move_to(broker, &queue, &delivery.group, message, |m| m.attempt += 1);
         if delay.is_zero() {
             state.enqueue(&Arc::downgrade(broker), &queue, message, false);
             return;

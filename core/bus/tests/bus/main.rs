@@ -1,6 +1,7 @@
-//! The bus on both transports: every scenario runs on the in-process bus and on RabbitMQ
-//! (`<scenario>::in_process`, `<scenario>::rabbitmq`), plus RabbitMQ-only checks of raw
-//! messages and of riding out a broker restart.
+//! The bus on both transports: every scenario runs on the in-process bus, without and with its
+//! journal, and on RabbitMQ (`<scenario>::in_process`, `::in_process_journaled`, `::rabbitmq`),
+//! plus RabbitMQ-only checks of raw messages and of riding out a broker restart, and checks that
+//! the journaled in-process bus loses nothing across a restart or a crash.
 //!
 //! `cargo test -p crm-bus --test bus`
 
@@ -8,11 +9,12 @@ mod connect;
 mod failures;
 mod flow;
 mod rabbit;
+mod restart;
 mod rpc;
 mod support;
 
-/// Declares `<scenario>::in_process` and `<scenario>::rabbitmq` for each scenario function of
-/// module `$module`.
+/// Declares `<scenario>::in_process`, `<scenario>::in_process_journaled` and
+/// `<scenario>::rabbitmq` for each scenario function of module `$module`.
 macro_rules! on_both_transports {
     ($module:ident: $($name:ident),* $(,)?) => {$(
         mod $name {
@@ -21,6 +23,11 @@ macro_rules! on_both_transports {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn in_process() {
                 run(Transport::InProcess, crate::$module::$name).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_process_journaled() {
+                run(Transport::InProcessJournaled, crate::$module::$name).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,8 @@ pub(crate) static RABBIT: RwLock<()> = RwLock::const_new(());
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
     InProcess,
+    /// The in-process bus with its journal (as `crm serve` runs it).
+    InProcessJournaled,
     Rabbitmq,
 }
 
@@ -36,6 +38,8 @@ pub(crate) struct Ctx {
     pub(crate) bus: Bus,
     pub(crate) transport: Transport,
     pub(crate) prefix: String,
+    /// The journal's directory, for [`Transport::InProcessJournaled`].
+    pub(crate) _journal: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 pub(crate) fn amqp_url() -> String {
@@ -104,14 +108,21 @@ impl Ctx {
     pub(crate) async fn new(transport: Transport) -> Option<Ctx> {
         init_logging();
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let mut journal = None;
         let bus = match transport {
             Transport::InProcess => Bus::in_process(test_config(&prefix)),
+            Transport::InProcessJournaled => {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let bus = Bus::in_process_durable(test_config(&prefix), &dir.path().join("bus.journal")).expect("open the journal");
+                journal = Some(std::sync::Arc::new(dir));
+                bus
+            }
             Transport::Rabbitmq => {
                 rabbit_or_skip().await?;
                 Bus::connect(&amqp_url(), test_config(&prefix)).await.expect("connect to RabbitMQ")
             }
         };
-        Some(Ctx { bus, transport, prefix })
+        Some(Ctx { bus, transport, prefix, _journal: journal })
     }
 
     pub(crate) fn is_rabbit(&self) -> bool {
@@ -128,7 +139,7 @@ where
 {
     let _shared = match transport {
         Transport::Rabbitmq => Some(RABBIT.read().await),
-        Transport::InProcess => None,
+        Transport::InProcess | Transport::InProcessJournaled => None,
     };
     run_unlocked(transport, scenario).await;
 }
