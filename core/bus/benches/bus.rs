@@ -9,7 +9,8 @@
 //!   in `shared/PEERS.md`.
 //! * The same through [`Bus`]: `publish_all` in batches of 1,000, then `next_batch(1000)` and
 //!   `ack_all`; and both at once (publisher and subscriber running together).
-//! * The in-process bus, the same way.
+//! * The in-process bus, the same way: in memory only, and with its journal on disk (as
+//!   `crm serve` runs it; in a temporary directory).
 //!
 //! RabbitMQ parts are skipped with a notice when no broker answers at `CRM_TEST_AMQP_URL`
 //! (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
@@ -207,6 +208,25 @@ async fn through_bus(label: &str, bus: &Bus, count: usize) {
     report(&format!("{label}: publish and consume at once"), count, started.elapsed());
 }
 
+/// One publish at a time, each awaited (as a connector publishes what it received): what a
+/// confirm costs (on the journaled bus an `fsync`; on RabbitMQ a confirm round trip).
+async fn one_at_a_time(label: &str, bus: &Bus, count: usize) {
+    let subscription = Subscription::new("bench.single", Exchange::Events, &["#"]).with_prefetch(1_000);
+    let mut subscriber = bus.subscribe(subscription).await.expect("subscribe");
+    let envelopes: Vec<Envelope> = (0..count).map(envelope).collect();
+    let started = Instant::now();
+    for envelope in &envelopes {
+        bus.publish(envelope).await.expect("publish");
+    }
+    report(&format!("{label}: publish one at a time"), count, started.elapsed());
+    let mut received = 0;
+    while received < count {
+        let batch = subscriber.next_batch(1_000).await;
+        received += batch.len();
+        subscriber.ack_all(batch).await.expect("ack");
+    }
+}
+
 fn bench_config() -> BusConfig {
     BusConfig { prefix: format!("bench-{}", uuid::Uuid::new_v4().simple()), ..BusConfig::default() }
 }
@@ -220,6 +240,13 @@ async fn main() {
     through_bus("bus in-process", &bus, count).await;
     bus.close().await;
 
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let bus = Bus::in_process_durable(bench_config(), &dir.path().join("bus.journal")).expect("open the journal");
+    through_bus("bus in-process, journaled", &bus, count).await;
+    one_at_a_time("bus in-process, journaled", &bus, count / 10).await;
+    bus.close().await;
+    drop(bus);
+
     if !rabbit_reachable().await {
         println!("NOTICE: RabbitMQ parts SKIPPED: no broker at {}", crm_bus::redact_url(&amqp_url()));
         return;
@@ -227,6 +254,7 @@ async fn main() {
     raw_lapin(count).await;
     let bus = Bus::connect(&amqp_url(), bench_config()).await.expect("connect");
     through_bus("bus on RabbitMQ", &bus, count).await;
+    one_at_a_time("bus on RabbitMQ", &bus, count / 10).await;
     bus.delete_topology().await.expect("delete the bench topology");
     bus.close().await;
 }
