@@ -263,7 +263,7 @@ struct Writer {
     /// Bytes appended since the file was last rewritten.
     written: u64,
     compact_above: u64,
-    /// Set when a write failed; every later sync reports it.
+    /// Set when a write failed, until a rewrite succeeds; syncs report it meanwhile.
     failure: Option<String>,
     _lock: File,
 }
@@ -300,9 +300,16 @@ impl Writer {
                 self.fail(&err);
             }
             let held: u64 = self.bindings.values().chain(self.lines.values()).map(|l| l.len() as u64).sum();
-            if clear || (self.written > self.compact_above && self.written > 4 * held) {
+            // After a failed write the file may lack lines: rewriting it from what this thread
+            // holds repairs it, once the disk lets it.
+            if clear || self.failure.is_some() || (self.written > self.compact_above && self.written > 4 * held) {
                 match rewrite(&self.path, self.bindings.values().chain(self.lines.values())) {
-                    Ok(file) => (self.file, self.written) = (BufWriter::new(file), 0),
+                    Ok(file) => {
+                        if self.failure.take().is_some() {
+                            tracing::info!(journal = %self.path.display(), "in-process bus journal writable again: rewritten");
+                        }
+                        (self.file, self.written) = (BufWriter::new(file), 0);
+                    }
                     Err(err) => self.fail(&err),
                 }
             } else if !waiting.is_empty()
