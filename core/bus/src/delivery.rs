@@ -66,7 +66,7 @@ impl Delivery {
             return self.refuse_on_dead_letter("retry").await;
         }
         match &self.settle {
-            Settle::InProcess(_) => in_process::retry(self, reason),
+            Settle::InProcess(_) => in_process::retry(self, reason).await,
             Settle::Amqp(_) => amqp::retry(self, reason).await,
         }
     }
@@ -77,7 +77,7 @@ impl Delivery {
             return self.refuse_on_dead_letter("dead_letter").await;
         }
         match &self.settle {
-            Settle::InProcess(_) => in_process::dead_letter(self, reason),
+            Settle::InProcess(_) => in_process::dead_letter(self, reason).await,
             Settle::Amqp(_) => amqp::dead_letter(self, reason).await,
         }
     }

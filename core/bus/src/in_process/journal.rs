@@ -2,12 +2,14 @@
 //! restart of `crm serve` loses no message. An append-only file of JSON lines: `{"bind":…}` when a
 //! group's queue gets a binding (queues and bindings are durable, as on RabbitMQ), `{"put":…}`
 //! when a message enters a queue (published, retried, dead-lettered, replayed) and
-//! `{"done":seq}` when it leaves for good (acknowledged, or moved on as a new `put`). A publish returns once its lines are on disk
-//! (`fsync`, shared by every publish waiting at that moment); a `done` is written without waiting,
-//! since losing one only means a redelivery. Opening the journal reads it back, keeps the messages
-//! not done (a torn last line from a crash is skipped) and rewrites the file with only those; a
-//! running journal rewrites itself the same way when it has grown well past what it holds.
-//! A lock file keeps a second process off it.
+//! `{"done":seq}` when it leaves for good (acknowledged, or moved on as a new `put`). A publish
+//! (or retry, or dead-lettering) returns once its lines are on disk (`fsync`, shared by every call
+//! waiting at that moment); an ack's `done` is written without waiting, since losing one only
+//! means a redelivery. Opening the journal reads it back, keeps the messages not done (a last
+//! line cut short by a crash is skipped; other damaged lines too, once the file is copied aside)
+//! and rewrites the file with only those; a running journal rewrites itself the same way when it
+//! has grown well past what it holds, or to repair itself after a failed write. A lock file keeps
+//! a second process off it.
 //!
 //! One writer thread owns the file; the broker sends it operations in the order it changes its
 //! queues (under its lock), so a `done` is never written before its `put`.
@@ -23,11 +25,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead as _, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The journal is rewritten when it is larger than this and four times what it holds.
@@ -137,59 +140,66 @@ struct Stored {
 
 impl Journal {
     /// Opens (or creates) the journal at `path`, returns what it holds, in the order it was
-    /// queued, and rewrites it with only that. Fails when another process has it open.
+    /// queued, and rewrites it with only that. Fails when another process has it open. A journal
+    /// with damaged lines (other than a last line cut short by a crash) is first copied aside
+    /// (`<path>.damaged-<time>`), so the rewrite destroys nothing.
     pub(super) fn open(path: &Path, compact_above: u64) -> Result<(Journal, Contents), BusError> {
         let failed = |what: &str, err: io::Error| BusError::Unavailable(format!("bus journal {}: {what}: {err}", path.display()));
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
             std::fs::create_dir_all(dir).map_err(|e| failed("cannot create its directory", e))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent).map_err(|e| failed("cannot sync its directory's parent", e))?;
+            }
         }
-        let lock = private_file(&lock_path(path), false).map_err(|e| failed("cannot open its lock file", e))?;
+        let lock = private_file(&suffixed(path, ".lock"), false).map_err(|e| failed("cannot open its lock file", e))?;
         lock.try_lock().map_err(|_| BusError::Unavailable(format!("bus journal {} is in use by another process", path.display())))?;
 
         let read = read(path).map_err(|e| failed("cannot read it", e))?;
-        if read.skipped > 0 {
-            tracing::warn!(journal = %path.display(), skipped = read.skipped, "skipped unreadable journal lines (a write cut short by a crash)");
+        if read.torn {
+            tracing::warn!(journal = %path.display(), "skipped the journal's last line, cut short by a crash");
+        }
+        if read.damaged > 0 {
+            let copy = suffixed(path, &format!(".damaged-{}", Utc::now().format("%Y%m%dT%H%M%S%.fZ")));
+            std::fs::copy(path, &copy).map_err(|e| failed("cannot keep a copy of its damaged lines", e))?;
+            tracing::error!(journal = %path.display(), damaged = read.damaged, copy = %copy.display(), "skipped damaged journal lines; the journal as it was is kept in the copy");
         }
         let mut contents =
             Contents { bindings: Vec::with_capacity(read.bindings.len()), messages: Vec::with_capacity(read.messages.len()) };
-        let mut bindings = BTreeMap::new();
+        let mut held = Held::default();
         for (key, (binding, line)) in read.bindings {
             contents.bindings.push(binding);
-            bindings.insert(key, line);
+            held.bind(key, line);
         }
-        let mut lines = BTreeMap::new();
         for (seq, (message, line)) in read.messages {
             contents.messages.push(message);
-            lines.insert(seq, line);
+            held.put(seq, line);
         }
-        let last_seq = lines.keys().next_back().copied().unwrap_or(0);
-        let file = rewrite(path, bindings.values().chain(lines.values())).map_err(|e| failed("cannot rewrite it", e))?;
+        let last_seq = held.lines.keys().next_back().copied().unwrap_or(0);
+        let file = rewrite(path, held.all()).map_err(|e| failed("cannot rewrite it", e))?;
         if !contents.messages.is_empty() {
             tracing::info!(journal = %path.display(), messages = contents.messages.len(), "in-process bus: restored the messages queued before the restart");
         }
-
-        let (tx, rx) = mpsc::channel();
         let writer = Writer {
             path: path.to_owned(),
             file: BufWriter::new(file),
-            bindings,
-            lines,
+            held,
             written: 0,
             compact_above,
             failure: None,
+            last_repair: None,
+            repair_pause: REPAIR_PAUSE,
             _lock: lock,
         };
-        let thread = std::thread::Builder::new()
-            .name("bus-journal".into())
-            .spawn(move || writer.run(&rx))
-            .map_err(|e| failed("cannot start its writer", e))?;
-        let journal = Journal {
-            path: path.to_owned(),
-            ops: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(thread)),
-            last_seq: AtomicU64::new(last_seq),
-        };
+        let journal = Journal::start(writer, last_seq).map_err(|e| failed("cannot start its writer", e))?;
         Ok((journal, contents))
+    }
+
+    /// Runs `writer` on its own thread.
+    fn start(writer: Writer, last_seq: u64) -> io::Result<Journal> {
+        let path = writer.path.clone();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new().name("bus-journal".into()).spawn(move || writer.run(&rx))?;
+        Ok(Journal { path, ops: Mutex::new(Some(tx)), writer: Mutex::new(Some(thread)), last_seq: AtomicU64::new(last_seq) })
     }
 
     /// Records a new binding of a group's queue.
@@ -254,17 +264,63 @@ impl Drop for Journal {
     }
 }
 
-/// The writer thread's state: the open journal and the lines of the messages it holds.
+/// The lines of what a journal holds: bindings by key, messages by sequence number, and their
+/// size in bytes.
+#[derive(Debug, Default)]
+struct Held {
+    bindings: BTreeMap<String, Vec<u8>>,
+    lines: BTreeMap<u64, Vec<u8>>,
+    bytes: u64,
+}
+
+impl Held {
+    fn bind(&mut self, key: String, line: Vec<u8>) {
+        self.bytes += line.len() as u64;
+        if let Some(old) = self.bindings.insert(key, line) {
+            self.bytes -= old.len() as u64;
+        }
+    }
+
+    fn put(&mut self, seq: u64, line: Vec<u8>) {
+        self.bytes += line.len() as u64;
+        if let Some(old) = self.lines.insert(seq, line) {
+            self.bytes -= old.len() as u64;
+        }
+    }
+
+    /// Forgets message `seq`; whether it was held.
+    fn done(&mut self, seq: u64) -> bool {
+        let Some(line) = self.lines.remove(&seq) else { return false };
+        self.bytes -= line.len() as u64;
+        true
+    }
+
+    fn clear(&mut self) {
+        *self = Held::default();
+    }
+
+    /// Every line, bindings first: the journal rewritten.
+    fn all(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.bindings.values().chain(self.lines.values())
+    }
+}
+
+/// How long a journal whose write failed waits before it tries to repair itself again.
+const REPAIR_PAUSE: Duration = Duration::from_secs(1);
+
+/// The writer thread's state: the open journal and the lines of what it holds.
 struct Writer {
     path: PathBuf,
     file: BufWriter<File>,
-    bindings: BTreeMap<String, Vec<u8>>,
-    lines: BTreeMap<u64, Vec<u8>>,
+    held: Held,
     /// Bytes appended since the file was last rewritten.
     written: u64,
     compact_above: u64,
-    /// Set when a write failed, until a rewrite succeeds; syncs report it meanwhile.
+    /// Set when an append or an `fsync` failed (the file may lack lines), until a rewrite from
+    /// `held` repairs it; syncs report it meanwhile.
     failure: Option<String>,
+    last_repair: Option<Instant>,
+    repair_pause: Duration,
     _lock: File,
 }
 
@@ -277,21 +333,20 @@ impl Writer {
                 match op {
                     Op::Bind { key, line } => {
                         self.append(&line);
-                        self.bindings.insert(key, line);
+                        self.held.bind(key, line);
                     }
                     Op::Put { seq, line } => {
                         self.append(&line);
-                        self.lines.insert(seq, line);
+                        self.held.put(seq, line);
                     }
                     Op::Done(seq) => {
-                        if self.lines.remove(&seq).is_some() {
+                        if self.held.done(seq) {
                             self.append(format!("{{\"done\":{seq}}}\n").as_bytes());
                         }
                     }
                     Op::Sync(waiter) => waiting.push(waiter),
                     Op::Clear => {
-                        self.bindings.clear();
-                        self.lines.clear();
+                        self.held.clear();
                         clear = true;
                     }
                 }
@@ -299,20 +354,13 @@ impl Writer {
             if let Err(err) = self.file.flush() {
                 self.fail(&err);
             }
-            let held: u64 = self.bindings.values().chain(self.lines.values()).map(|l| l.len() as u64).sum();
-            // After a failed write the file may lack lines: rewriting it from what this thread
-            // holds repairs it, once the disk lets it.
-            if clear || self.failure.is_some() || (self.written > self.compact_above && self.written > 4 * held) {
-                match rewrite(&self.path, self.bindings.values().chain(self.lines.values())) {
-                    Ok(file) => {
-                        if self.failure.take().is_some() {
-                            tracing::info!(journal = %self.path.display(), "in-process bus journal writable again: rewritten");
-                        }
-                        (self.file, self.written) = (BufWriter::new(file), 0);
-                    }
-                    Err(err) => self.fail(&err),
-                }
-            } else if !waiting.is_empty()
+            let repair = self.failure.is_some() && self.last_repair.is_none_or(|at| at.elapsed() >= self.repair_pause);
+            let compact = self.written > self.compact_above && self.written > 4 * self.held.bytes;
+            if clear || repair || compact {
+                self.rewrite(repair);
+            }
+            if !waiting.is_empty()
+                && self.failure.is_none()
                 && let Err(err) = self.file.get_ref().sync_data()
             {
                 self.fail(&err);
@@ -327,6 +375,28 @@ impl Writer {
         }
     }
 
+    /// Replaces the file with what is held. A compaction that fails leaves the old file, whole
+    /// and still appended to, and is tried again when as much more has been written; a repair
+    /// that fails keeps the failure until the next one.
+    fn rewrite(&mut self, repair: bool) {
+        if repair {
+            self.last_repair = Some(Instant::now());
+        }
+        match rewrite(&self.path, self.held.all()) {
+            Ok(file) => {
+                if self.failure.take().is_some() {
+                    tracing::info!(journal = %self.path.display(), "in-process bus journal writable again: rewritten");
+                }
+                (self.file, self.written) = (BufWriter::new(file), 0);
+            }
+            Err(err) if repair => self.fail(&err),
+            Err(err) => {
+                tracing::warn!(journal = %self.path.display(), error = %err, "could not compact the in-process bus journal; it keeps growing until a later try works");
+                self.written = 0;
+            }
+        }
+    }
+
     fn append(&mut self, line: &[u8]) {
         match self.file.write_all(line) {
             Ok(()) => self.written += line.len() as u64,
@@ -335,18 +405,21 @@ impl Writer {
     }
 
     fn fail(&mut self, err: &io::Error) {
-        tracing::error!(journal = %self.path.display(), error = %err, "in-process bus journal write failed; publishing fails until it works");
+        if self.failure.is_none() {
+            tracing::error!(journal = %self.path.display(), error = %err, "in-process bus journal write failed; publishing fails until it is repaired");
+        }
         self.failure = Some(err.to_string());
     }
 }
 
 /// A journal file read back: bindings (by key) and messages not done (by sequence number), each
-/// with its line, and how many lines could not be read.
+/// with its line; whether the last line was cut short and how many others could not be read.
 #[derive(Default)]
 struct Read {
     bindings: BTreeMap<String, (Binding, Vec<u8>)>,
     messages: BTreeMap<u64, (Restored, Vec<u8>)>,
-    skipped: usize,
+    torn: bool,
+    damaged: usize,
 }
 
 fn read(path: &Path) -> io::Result<Read> {
@@ -356,28 +429,36 @@ fn read(path: &Path) -> io::Result<Read> {
         Err(err) => return Err(err),
     };
     let mut read = Read::default();
-    for line in BufReader::new(file).split(b'\n') {
-        let mut line = line?;
-        let parsed = serde_json::from_slice::<Line>(&line);
-        line.push(b'\n');
-        match parsed {
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            // Only the last line can lack its newline: a write cut short by a crash.
+            read.torn = !line.iter().all(u8::is_ascii_whitespace);
+            break;
+        }
+        match serde_json::from_slice::<Line>(&line) {
             Ok(Line::Bind(binding)) => {
-                read.bindings.insert(binding.key(), (binding, line));
+                read.bindings.insert(binding.key(), (binding, line.clone()));
             }
             Ok(Line::Put(put)) => {
                 let seq = put.seq;
                 match put.into_restored() {
                     Some(restored) => {
-                        read.messages.insert(seq, (restored, line));
+                        read.messages.insert(seq, (restored, line.clone()));
                     }
-                    None => read.skipped += 1,
+                    None => read.damaged += 1,
                 }
             }
             Ok(Line::Done(seq)) => {
                 read.messages.remove(&seq);
             }
             Err(_) if line.iter().all(u8::is_ascii_whitespace) => {}
-            Err(_) => read.skipped += 1,
+            Err(_) => read.damaged += 1,
         }
     }
     Ok(read)
@@ -386,22 +467,34 @@ fn read(path: &Path) -> io::Result<Read> {
 /// Replaces the journal with `lines` (written to a temporary file, synced, renamed over it) and
 /// returns it open for appending.
 fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Vec<u8>>) -> io::Result<File> {
-    let temporary = path.with_extension("rewrite");
-    let mut out = BufWriter::new(private_file(&temporary, true)?);
-    for line in lines {
-        out.write_all(line)?;
+    let temporary = suffixed(path, ".rewrite");
+    let written = (|| {
+        let mut out = BufWriter::new(private_file(&temporary, true)?);
+        for line in lines {
+            out.write_all(line)?;
+        }
+        out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
+    })();
+    if let Err(err) = written {
+        // Whatever part of it was written would only take room (on a full disk, the room).
+        let _ = std::fs::remove_file(&temporary);
+        return Err(err);
     }
-    out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
     std::fs::rename(&temporary, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
     }
     OpenOptions::new().append(true).open(path)
 }
 
-fn lock_path(path: &Path) -> PathBuf {
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// `path` with `suffix` added to its file name.
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
+    name.push(suffix);
     PathBuf::from(name)
 }
 
@@ -483,6 +576,69 @@ mod tests {
             trace: Trace::default(),
             data: vec![0xff, b'{', 0x00, b'\n'],
         })
+    }
+
+    fn size(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_compaction_that_fails_leaves_the_journal_working_and_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.journal");
+        let (journal, _) = Journal::open(&path, 16 * 1024).unwrap();
+        // The temporary file cannot be created while a directory has its name.
+        let blocker = suffixed(&path, ".rewrite");
+        std::fs::create_dir(&blocker).unwrap();
+        let kept = journal.put("crm.core.events", "core.events", &message(0));
+        for n in 1..400 {
+            let seq = journal.put("crm.core.events", "core.events", &message(n));
+            journal.done(seq);
+            journal.synced().await.expect("publishing works while compaction fails");
+        }
+        assert!(size(&path) > 64 * 1024, "not compacted: {} bytes", size(&path));
+        std::fs::remove_dir(&blocker).unwrap();
+        for n in 400..800 {
+            let seq = journal.put("crm.core.events", "core.events", &message(n));
+            journal.done(seq);
+        }
+        journal.synced().await.unwrap();
+        assert!(size(&path) < 32 * 1024, "compacted again: {} bytes", size(&path));
+        drop(journal);
+        let (_journal, contents) = Journal::open(&path, 16 * 1024).unwrap();
+        assert_eq!(contents.messages.iter().map(|r| r.message.seq).collect::<Vec<_>>(), [kept]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_the_sync_until_a_rewrite_repairs_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.journal");
+        std::fs::write(&path, b"").unwrap();
+        let blocker = suffixed(&path, ".rewrite");
+        std::fs::create_dir(&blocker).unwrap();
+        // A writer whose file refuses writes (opened read-only), and whose repair cannot write
+        // its temporary file at first.
+        let writer = Writer {
+            path: path.clone(),
+            file: BufWriter::new(File::open(&path).unwrap()),
+            held: Held::default(),
+            written: 0,
+            compact_above: u64::MAX,
+            failure: None,
+            last_repair: None,
+            repair_pause: Duration::ZERO,
+            _lock: private_file(&suffixed(&path, ".lock"), false).unwrap(),
+        };
+        let journal = Journal::start(writer, 0).unwrap();
+        journal.put("crm.core.events", "core.events", &message(1));
+        assert!(journal.synced().await.is_err(), "a publish is not confirmed while its line cannot be written");
+        std::fs::remove_dir(&blocker).unwrap();
+        journal.put("crm.core.events", "core.events", &message(2));
+        journal.synced().await.expect("the rewrite repaired the journal");
+        drop(journal);
+        let (_journal, contents) = Journal::open(&path, u64::MAX).unwrap();
+        let ids: Vec<&str> = contents.messages.iter().map(|r| r.message.envelope.id.as_str()).collect();
+        assert_eq!(ids, ["m-1", "m-2"], "the message whose write failed is in the repaired journal too");
     }
 
     #[tokio::test]

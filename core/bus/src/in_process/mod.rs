@@ -378,8 +378,24 @@ pub(crate) fn requeue(delivery: Delivery) -> Result<(), BusError> {
     })
 }
 
-pub(crate) fn dead_letter(delivery: Delivery, reason: &str) -> Result<(), BusError> {
-    settle(delivery, |broker, state, message, delivery| bury(broker, state, message, &delivery.group, reason))
+/// Dead-letters; returns once the move is journaled (when there is a journal), as RabbitMQ
+/// returns once the dead-letter publish is confirmed.
+pub(crate) async fn dead_letter(delivery: Delivery, reason: &str) -> Result<(), BusError> {
+    let synced = synced_after(&delivery);
+    settle(delivery, |broker, state, message, delivery| bury(broker, state, message, &delivery.group, reason))?;
+    synced.await
+}
+
+/// Resolves once the journal of `delivery`'s bus has on disk everything sent to it before this
+/// is first polled: await it after settling.
+fn synced_after(delivery: &Delivery) -> impl Future<Output = Result<(), BusError>> + use<> {
+    let broker = token(delivery).broker.upgrade();
+    async move {
+        match broker {
+            Some(broker) => broker.synced().await,
+            None => Err(BusError::Closed),
+        }
+    }
 }
 
 fn bury(broker: &Arc<Broker>, state: &mut State, message: Message, group: &str, reason: &str) {
@@ -401,7 +417,10 @@ fn move_to(broker: &Broker, queue: &str, group: &str, message: Message, change: 
     moved
 }
 
-pub(crate) fn retry(delivery: Delivery, reason: &str) -> Result<(), BusError> {
+/// Retries (or dead-letters when out of attempts); returns once that is journaled (when there is
+/// a journal).
+pub(crate) async fn retry(delivery: Delivery, reason: &str) -> Result<(), BusError> {
+    let synced = synced_after(&delivery);
     settle(delivery, |broker, state, message, delivery| {
         let policy = &broker.config.retry;
         if policy.exhausted(message.attempt) {
@@ -427,5 +446,6 @@ pub(crate) fn retry(delivery: Delivery, reason: &str) -> Result<(), BusError> {
                 }
             }
         });
-    })
+    })?;
+    synced.await
 }

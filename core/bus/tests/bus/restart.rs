@@ -192,6 +192,68 @@ async fn a_torn_last_line_is_skipped_and_the_journal_rewritten() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_retry_and_dead_letter_return_once_the_journal_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.journal");
+    let journal = || std::fs::read_to_string(&path).unwrap();
+    let bus = open(&path);
+    let mut sub = subscribe(&bus).await;
+    for n in 0..20 {
+        let sent = event("email.message.received", n);
+        bus.publish(&sent).await.unwrap();
+        assert!(journal().contains(&sent.id), "message {n} is in the journal when its publish returns");
+    }
+    let first = recv(&mut sub).await;
+    let id = first.envelope.id.clone();
+    first.retry("the store is down").await.unwrap();
+    assert!(journal().contains(r#""attempt":2"#), "the retry is in the journal when it returns");
+    let second = recv(&mut sub).await;
+    second.dead_letter("no such customer field").await.unwrap();
+    let journal = journal();
+    let dead = journal.lines().find(|l| l.contains("no such customer field")).expect("the dead letter is in the journal when it returns");
+    assert!(dead.contains(r#""queue":"restart.dead-letters""#), "in the dead-letter queue: {dead}");
+    assert!(journal.contains(&id));
+    bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_lines_are_skipped_and_kept_in_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.journal");
+    let sent: Vec<_> = (0..2).map(|n| event("email.message.received", n)).collect();
+    {
+        let bus = open(&path);
+        bus.declare(&Subscription::new(GROUP, Exchange::Events, &["#"])).await.unwrap();
+        bus.publish(&sent[0]).await.unwrap();
+        bus.close().await;
+    }
+    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"put\":{\"seq\":\"garbled\"}}\n").unwrap();
+    {
+        let bus = open(&path);
+        bus.publish(&sent[1]).await.unwrap();
+        bus.close().await;
+    }
+    let copies: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("bus.journal.damaged-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "the journal as it was is kept once");
+    assert!(std::fs::read_to_string(&copies[0]).unwrap().contains("garbled"));
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("garbled"), "the journal itself no longer has the damaged line");
+    let bus = open(&path);
+    let mut sub = subscribe(&bus).await;
+    let back = take(&mut sub, 2).await;
+    assert_quiet(&mut sub).await;
+    assert_eq!(
+        back.iter().map(|d| &d.envelope).collect::<Vec<_>>(),
+        sent.iter().collect::<Vec<_>>(),
+        "the readable messages all come back"
+    );
+    bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_is_used_by_one_bus_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bus.journal");

@@ -39,7 +39,7 @@ pub(crate) struct Ctx {
     pub(crate) transport: Transport,
     pub(crate) prefix: String,
     /// The journal's directory, for [`Transport::InProcessJournaled`].
-    pub(crate) _journal: Option<std::sync::Arc<tempfile::TempDir>>,
+    pub(crate) journal: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 pub(crate) fn amqp_url() -> String {
@@ -122,7 +122,7 @@ impl Ctx {
                 Bus::connect(&amqp_url(), test_config(&prefix)).await.expect("connect to RabbitMQ")
             }
         };
-        Some(Ctx { bus, transport, prefix, _journal: journal })
+        Some(Ctx { bus, transport, prefix, journal })
     }
 
     pub(crate) fn is_rabbit(&self) -> bool {
@@ -152,6 +152,8 @@ where
 {
     let Some(ctx) = Ctx::new(transport).await else { return };
     let bus = ctx.bus.clone();
+    // The journal's directory outlives the scenario until the bus is closed.
+    let journal = ctx.journal.clone();
     let outcome = AssertUnwindSafe(scenario(ctx)).catch_unwind().await;
     // Let dropped subscribers close their channels before their queues go; after a broker
     // restart, let the bus reconnect first.
@@ -162,6 +164,7 @@ where
     }
     let deleted = tokio::time::timeout(WAIT, bus.delete_topology()).await;
     bus.close().await;
+    drop((bus, journal));
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
