@@ -7,7 +7,7 @@ use crate::support::{assert_quiet, event, queue_figures, recv, test_config};
 use crm_bus::{Bus, BusConfig, DEAD_LETTER_GROUP, Delivery, Exchange, RetryPolicy, Subscriber, Subscription};
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const GROUP: &str = "core.events";
@@ -15,6 +15,26 @@ const GROUP: &str = "core.events";
 /// Retries wait an hour, so a retried message is still waiting when the bus restarts.
 fn config() -> BusConfig {
     BusConfig { retry: RetryPolicy { max_attempts: 3, backoff: vec![Duration::from_secs(3600)] }, ..test_config("restart") }
+}
+
+/// A fresh directory (removed when dropped) and the journal's path in it.
+fn journal_path() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("bus.journal");
+    (dir, path)
+}
+
+/// Leaves `sent` queued for [`GROUP`] in the journal at `path` (the bus closed afterwards).
+async fn queue_and_close(path: &Path, sent: &[crm_bus::Envelope]) {
+    let bus = open(path);
+    bus.declare(&Subscription::new(GROUP, Exchange::Events, &["#"])).await.unwrap();
+    bus.publish_all(sent).await.unwrap();
+    bus.close().await;
+}
+
+/// Appends `bytes` to the file at `path`, as damage from outside the bus.
+fn append(path: &Path, bytes: &[u8]) {
+    std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
 }
 
 fn open(path: &Path) -> Bus {
@@ -36,8 +56,7 @@ async fn take(subscriber: &mut Subscriber, count: usize) -> Vec<Delivery> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_brings_back_everything_not_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.journal");
+    let (_dir, path) = journal_path();
     let sent: Vec<_> = (0..6).map(|n| event("email.message.received", n)).collect();
     {
         let bus = open(&path);
@@ -130,8 +149,7 @@ async fn crashing_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_loses_nothing_a_publish_returned_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.journal");
+    let (_dir, path) = journal_path();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "restart::crashing_child", "--nocapture", "--test-threads=1"])
         .env("CRM_TEST_JOURNAL_CHILD", &path)
@@ -166,17 +184,10 @@ async fn a_crash_loses_nothing_a_publish_returned_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_last_line_is_skipped_and_the_journal_rewritten() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.journal");
+    let (_dir, path) = journal_path();
     let sent: Vec<_> = (0..3).map(|n| event("email.message.received", n)).collect();
-    {
-        let bus = open(&path);
-        bus.declare(&Subscription::new(GROUP, Exchange::Events, &["#"])).await.unwrap();
-        bus.publish_all(&sent).await.unwrap();
-        bus.close().await;
-    }
-    let torn = r#"{"put":{"seq":4,"queue":"restart.core.events","group":"core.events","attempt":1,"envel"#;
-    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(torn.as_bytes()).unwrap();
+    queue_and_close(&path, &sent).await;
+    append(&path, br#"{"put":{"seq":4,"queue":"restart.core.events","group":"core.events","attempt":1,"envel"#);
 
     let bus = open(&path);
     let journal = std::fs::read_to_string(&path).unwrap();
@@ -193,8 +204,7 @@ async fn a_torn_last_line_is_skipped_and_the_journal_rewritten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_retry_and_dead_letter_return_once_the_journal_has_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.journal");
+    let (_dir, path) = journal_path();
     let journal = || std::fs::read_to_string(&path).unwrap();
     let bus = open(&path);
     let mut sub = subscribe(&bus).await;
@@ -218,21 +228,11 @@ async fn publish_retry_and_dead_letter_return_once_the_journal_has_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_lines_are_skipped_and_kept_in_a_copy() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.journal");
+    let (dir, path) = journal_path();
     let sent: Vec<_> = (0..2).map(|n| event("email.message.received", n)).collect();
-    {
-        let bus = open(&path);
-        bus.declare(&Subscription::new(GROUP, Exchange::Events, &["#"])).await.unwrap();
-        bus.publish(&sent[0]).await.unwrap();
-        bus.close().await;
-    }
-    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"put\":{\"seq\":\"garbled\"}}\n").unwrap();
-    {
-        let bus = open(&path);
-        bus.publish(&sent[1]).await.unwrap();
-        bus.close().await;
-    }
+    queue_and_close(&path, &sent[..1]).await;
+    append(&path, b"{\"put\":{\"seq\":\"garbled\"}}\n");
+    queue_and_close(&path, &sent[1..]).await;
     let copies: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -255,8 +255,7 @@ async fn damaged_lines_are_skipped_and_kept_in_a_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_is_used_by_one_bus_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.journal");
+    let (_dir, path) = journal_path();
     let bus = open(&path);
     let second = Bus::in_process_durable(config(), &path).expect_err("a second bus on the same journal is refused");
     assert!(second.to_string().contains("in use"), "{second}");
@@ -267,8 +266,7 @@ async fn a_journal_is_used_by_one_bus_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_topology_empties_the_journal() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.journal");
+    let (_dir, path) = journal_path();
     {
         let bus = open(&path);
         bus.declare(&Subscription::new(GROUP, Exchange::Events, &["#"])).await.unwrap();
