@@ -15,8 +15,8 @@ use super::{Broker, TRANSPORT, Token};
 /// A message waiting in a queue or delivered and not yet acknowledged.
 #[derive(Debug, Clone)]
 pub(super) struct Message {
-    /// Its number in the journal, 0 when it is not journaled (no journal, or a request whose
-    /// requester would not outlive a restart).
+    /// Its number in the journal, 0 when it is not journaled (no journal, or a request, not
+    /// dead-lettered, whose requester would not outlive a restart).
     pub(super) seq: u64,
     pub(super) envelope: Envelope,
     pub(super) attempt: u32,

@@ -85,6 +85,9 @@ enum Op {
     Put {
         seq: u64,
         line: Vec<u8>,
+        /// The message this one takes the place of (a retry or a dead-lettering): one line, so
+        /// no crash can leave both or neither.
+        replaces: Option<u64>,
     },
     Done(u64),
     /// Answers once everything sent before is on disk.
@@ -104,6 +107,8 @@ enum Line {
 #[derive(Debug, Serialize, Deserialize)]
 struct Put {
     seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replaces: Option<u64>,
     queue: String,
     group: String,
     attempt: u32,
@@ -160,7 +165,10 @@ impl Journal {
         }
         if read.damaged > 0 {
             let copy = suffixed(path, &format!(".damaged-{}", Utc::now().format("%Y%m%dT%H%M%S%.fZ")));
-            std::fs::copy(path, &copy).map_err(|e| failed("cannot keep a copy of its damaged lines", e))?;
+            std::fs::copy(path, &copy)
+                .and_then(|_| File::open(&copy)?.sync_all())
+                .and_then(|()| sync_dir(directory(path)))
+                .map_err(|e| failed("cannot keep a copy of its damaged lines", e))?;
             tracing::error!(journal = %path.display(), damaged = read.damaged, copy = %copy.display(), "skipped damaged journal lines; the journal as it was is kept in the copy");
         }
         let mut contents =
@@ -175,7 +183,8 @@ impl Journal {
             held.put(seq, line);
         }
         let last_seq = held.lines.keys().next_back().copied().unwrap_or(0);
-        let file = rewrite(path, held.all()).map_err(|e| failed("cannot rewrite it", e))?;
+        let (file, dir_synced) = rewrite(path, held.all()).map_err(|e| failed("cannot rewrite it", e))?;
+        dir_synced.map_err(|e| failed("cannot sync its directory", e))?;
         if !contents.messages.is_empty() {
             tracing::info!(journal = %path.display(), messages = contents.messages.len(), "in-process bus: restored the messages queued before the restart");
         }
@@ -210,13 +219,14 @@ impl Journal {
         self.send(Op::Bind { key, line });
     }
 
-    /// Records that `message` entered `queue`; returns its sequence number.
-    pub(super) fn put(&self, queue: &str, group: &str, message: &Message) -> u64 {
+    /// Records that `message` entered `queue`, in place of message `replaces` when it moved
+    /// there from another queue; returns its sequence number.
+    pub(super) fn put(&self, queue: &str, group: &str, message: &Message, replaces: Option<u64>) -> u64 {
         let seq = self.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let put = Put::of(seq, queue, group, message);
+        let put = Put::of(seq, replaces, queue, group, message);
         let mut line = serde_json::to_vec(&Line::Put(Box::new(put))).expect("a journal line serializes");
         line.push(b'\n');
-        self.send(Op::Put { seq, line });
+        self.send(Op::Put { seq, line, replaces });
         seq
     }
 
@@ -335,9 +345,12 @@ impl Writer {
                         self.append(&line);
                         self.held.bind(key, line);
                     }
-                    Op::Put { seq, line } => {
+                    Op::Put { seq, line, replaces } => {
                         self.append(&line);
                         self.held.put(seq, line);
+                        if let Some(old) = replaces {
+                            self.held.done(old);
+                        }
                     }
                     Op::Done(seq) => {
                         if self.held.done(seq) {
@@ -383,11 +396,17 @@ impl Writer {
             self.last_repair = Some(Instant::now());
         }
         match rewrite(&self.path, self.held.all()) {
-            Ok(file) => {
-                if self.failure.take().is_some() {
-                    tracing::info!(journal = %self.path.display(), "in-process bus journal writable again: rewritten");
-                }
+            Ok((file, dir_synced)) => {
                 (self.file, self.written) = (BufWriter::new(file), 0);
+                match dir_synced {
+                    // The rename may not survive a power loss: repaired by the next rewrite.
+                    Err(err) => self.fail(&err),
+                    Ok(()) => {
+                        if self.failure.take().is_some() {
+                            tracing::info!(journal = %self.path.display(), "in-process bus journal writable again: rewritten");
+                        }
+                    }
+                }
             }
             Err(err) if repair => self.fail(&err),
             Err(err) => {
@@ -447,6 +466,9 @@ fn read(path: &Path) -> io::Result<Read> {
             }
             Ok(Line::Put(put)) => {
                 let seq = put.seq;
+                if let Some(old) = put.replaces {
+                    read.messages.remove(&old);
+                }
                 match put.into_restored() {
                     Some(restored) => {
                         read.messages.insert(seq, (restored, line.clone()));
@@ -464,30 +486,42 @@ fn read(path: &Path) -> io::Result<Read> {
     Ok(read)
 }
 
-/// Replaces the journal with `lines` (written to a temporary file, synced, renamed over it) and
-/// returns it open for appending.
-fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Vec<u8>>) -> io::Result<File> {
+/// Replaces the journal with `lines` (written to a temporary file, synced, renamed over it).
+/// `Err` when the old file is still the journal. Once renamed, the new file is the journal
+/// whatever comes next, so it is returned open at its end for appending, with the outcome of
+/// syncing the directory that makes the rename durable.
+fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Vec<u8>>) -> io::Result<(File, io::Result<()>)> {
     let temporary = suffixed(path, ".rewrite");
     let written = (|| {
         let mut out = BufWriter::new(private_file(&temporary, true)?);
         for line in lines {
             out.write_all(line)?;
         }
-        out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
+        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        Ok(file)
     })();
-    if let Err(err) = written {
-        // Whatever part of it was written would only take room (on a full disk, the room).
-        let _ = std::fs::remove_file(&temporary);
-        return Err(err);
+    match written {
+        Ok(file) => Ok((file, sync_dir(directory(path)))),
+        Err(err) => {
+            // Whatever part of it was written would only take room (on a full disk, the room).
+            let _ = std::fs::remove_file(&temporary);
+            Err(err)
+        }
     }
-    std::fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        sync_dir(dir)?;
-    }
-    OpenOptions::new().append(true).open(path)
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn directory(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    if tests::FAILING_DIRS.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|d| d == dir) {
+        return Err(io::Error::other("injected: the directory cannot be synced"));
+    }
     File::open(dir)?.sync_all()
 }
 
@@ -508,10 +542,11 @@ fn private_file(path: &Path, truncate: bool) -> io::Result<File> {
 }
 
 impl Put {
-    fn of(seq: u64, queue: &str, group: &str, message: &Message) -> Put {
+    fn of(seq: u64, replaces: Option<u64>, queue: &str, group: &str, message: &Message) -> Put {
         let envelope = &message.envelope;
         Put {
             seq,
+            replaces,
             queue: queue.to_owned(),
             group: group.to_owned(),
             attempt: message.attempt,
@@ -582,6 +617,70 @@ mod tests {
         std::fs::metadata(path).unwrap().len()
     }
 
+    /// Directories whose sync fails (a fault injected into [`sync_dir`]).
+    pub(super) static FAILING_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    #[tokio::test]
+    async fn a_rewrite_whose_directory_cannot_be_synced_fails_syncs_until_repaired_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.journal");
+        let (journal, _) = Journal::open(&path, 16 * 1024).unwrap();
+        let first = journal.put("crm.core.events", "core.events", &message(0), None);
+        journal.synced().await.unwrap();
+        FAILING_DIRS.lock().unwrap().push(dir.path().to_owned());
+        // Churn until a compaction renames the rewritten file over the journal.
+        let mut n = 1;
+        loop {
+            let seq = journal.put("crm.core.events", "core.events", &message(n), None);
+            journal.done(seq);
+            if journal.synced().await.is_err() {
+                break;
+            }
+            n += 1;
+            assert!(n < 5_000, "no compaction happened");
+        }
+        // Confirmed only once the journal is whole again: appended to the renamed file and the
+        // rename made durable.
+        let second = journal.put("crm.core.events", "core.events", &message(99_999), None);
+        FAILING_DIRS.lock().unwrap().retain(|d| d != dir.path());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while journal.synced().await.is_err() {
+            assert!(Instant::now() < deadline, "the journal was never repaired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(journal);
+        let (_journal, contents) = Journal::open(&path, 16 * 1024).unwrap();
+        assert_eq!(contents.messages.iter().map(|r| r.message.seq).collect::<Vec<_>>(), [first, second]);
+    }
+
+    #[tokio::test]
+    async fn a_moved_message_replaces_its_old_place_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.journal");
+        let (journal, _) = Journal::open(&path, u64::MAX).unwrap();
+        let old = journal.put("crm.core.events", "core.events", &message(1), None);
+        let moved = journal.put("crm.dead-letters", "dead-letters", &message(1), Some(old));
+        journal.synced().await.unwrap();
+        // As a crash would leave it: the two puts and no `done` line.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains("\"done\""), "{text}");
+        let read = read(&path).unwrap();
+        assert_eq!(read.messages.keys().copied().collect::<Vec<_>>(), [moved]);
+        drop(journal);
+        let (_journal, contents) = Journal::open(&path, u64::MAX).unwrap();
+        assert_eq!(
+            contents.messages.iter().map(|r| (r.queue.as_str(), r.message.seq)).collect::<Vec<_>>(),
+            [("crm.dead-letters", moved)]
+        );
+    }
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_directory() {
+        assert_eq!(directory(Path::new("bus.journal")), Path::new("."));
+        assert_eq!(directory(Path::new("data/bus.journal")), Path::new("data"));
+    }
+
     #[tokio::test]
     async fn a_compaction_that_fails_leaves_the_journal_working_and_is_tried_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -590,16 +689,16 @@ mod tests {
         // The temporary file cannot be created while a directory has its name.
         let blocker = suffixed(&path, ".rewrite");
         std::fs::create_dir(&blocker).unwrap();
-        let kept = journal.put("crm.core.events", "core.events", &message(0));
+        let kept = journal.put("crm.core.events", "core.events", &message(0), None);
         for n in 1..400 {
-            let seq = journal.put("crm.core.events", "core.events", &message(n));
+            let seq = journal.put("crm.core.events", "core.events", &message(n), None);
             journal.done(seq);
             journal.synced().await.expect("publishing works while compaction fails");
         }
         assert!(size(&path) > 64 * 1024, "not compacted: {} bytes", size(&path));
         std::fs::remove_dir(&blocker).unwrap();
         for n in 400..800 {
-            let seq = journal.put("crm.core.events", "core.events", &message(n));
+            let seq = journal.put("crm.core.events", "core.events", &message(n), None);
             journal.done(seq);
         }
         journal.synced().await.unwrap();
@@ -630,10 +729,10 @@ mod tests {
             _lock: private_file(&suffixed(&path, ".lock"), false).unwrap(),
         };
         let journal = Journal::start(writer, 0).unwrap();
-        journal.put("crm.core.events", "core.events", &message(1));
+        journal.put("crm.core.events", "core.events", &message(1), None);
         assert!(journal.synced().await.is_err(), "a publish is not confirmed while its line cannot be written");
         std::fs::remove_dir(&blocker).unwrap();
-        journal.put("crm.core.events", "core.events", &message(2));
+        journal.put("crm.core.events", "core.events", &message(2), None);
         journal.synced().await.expect("the rewrite repaired the journal");
         drop(journal);
         let (_journal, contents) = Journal::open(&path, u64::MAX).unwrap();
@@ -650,7 +749,7 @@ mod tests {
         let mut largest = 0;
         let mut kept = Vec::new();
         for n in 0..2_000 {
-            let seq = journal.put("crm.core.events", "core.events", &message(n));
+            let seq = journal.put("crm.core.events", "core.events", &message(n), None);
             if n % 500 == 0 {
                 kept.push(seq);
             } else {

@@ -41,13 +41,16 @@ impl Broker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Journals `message` entering `queue` (a request is not journaled: its requester would not
-    /// outlive a restart).
-    fn journal_put(&self, queue: &str, group: &str, message: &mut Message) {
-        if let Some(journal) = &self.journal
-            && message.reply_to.is_none()
-        {
-            message.seq = journal.put(queue, group, message);
+    /// Journals `message` entering `queue`, in place of message `replaces` (its sequence number)
+    /// when it moved there. A request is not journaled, its requester would not outlive a
+    /// restart, unless it is dead-lettered: a dead letter is kept for ops like any other.
+    fn journal_put(&self, queue: &str, group: &str, message: &mut Message, replaces: u64) {
+        let Some(journal) = &self.journal else { return };
+        let replaces = (replaces > 0).then_some(replaces);
+        if message.reply_to.is_none() || message.dead.is_some() {
+            message.seq = journal.put(queue, group, message, replaces);
+        } else if let Some(old) = replaces {
+            journal.done(old);
         }
     }
 
@@ -139,7 +142,7 @@ impl InProcessBus {
         for queue in queues {
             let Some(group) = state.queues.get(&queue).map(|q| q.group.clone()) else { continue };
             let mut copy = message.clone();
-            self.broker.journal_put(&queue, &group, &mut copy);
+            self.broker.journal_put(&queue, &group, &mut copy, 0);
             state.enqueue(&weak, &queue, copy, false);
         }
         Ok(())
@@ -250,7 +253,7 @@ impl InProcessBus {
                 return Err(BusError::Invalid(format!("group '{group}' has no queue")));
             };
             let mut message = Message::new(envelope.clone());
-            self.broker.journal_put(&queue, &group, &mut message);
+            self.broker.journal_put(&queue, &group, &mut message, 0);
             state.enqueue(&self.weak(), &queue, message, false);
             self.broker.synced()
         };
@@ -410,10 +413,9 @@ fn bury(broker: &Arc<Broker>, state: &mut State, message: Message, group: &str, 
 /// `message` changed by `change` as it enters `queue` afresh (not redelivered), journaled there
 /// in place of where it was.
 fn move_to(broker: &Broker, queue: &str, group: &str, message: Message, change: impl FnOnce(&mut Message)) -> Message {
-    let mut moved = Message { redelivered: false, ..message.clone() };
+    let mut moved = Message { redelivered: false, seq: 0, ..message };
     change(&mut moved);
-    broker.journal_put(queue, group, &mut moved);
-    broker.journal_done(&message);
+    broker.journal_put(queue, group, &mut moved, message.seq);
     moved
 }
 

@@ -3,7 +3,7 @@
 //! dead-lettered comes back, and nothing acknowledged does; a crash (the process killed) loses nothing a publish returned for; a write cut short by
 //! the crash is skipped; a second process cannot open the same journal.
 
-use crate::support::{assert_quiet, event, queue_figures, recv, test_config};
+use crate::support::{assert_quiet, command, event, queue_figures, recv, test_config};
 use crm_bus::{Bus, BusConfig, DEAD_LETTER_GROUP, Delivery, Exchange, RetryPolicy, Subscriber, Subscription};
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, Write as _};
@@ -113,6 +113,34 @@ async fn a_restart_brings_back_everything_not_acknowledged() {
     let mut sub = subscribe(&bus).await;
     assert_eq!(recv(&mut sub).await.envelope, sent[5], "a restarted bus works as before");
     assert_quiet(&mut sub).await;
+    bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_request_is_kept_across_a_restart() {
+    let (_dir, path) = journal_path();
+    let asked = command("files.file.read", 1);
+    {
+        let bus = open(&path);
+        let mut sub = bus.subscribe(Subscription::new("connector.files.commands", Exchange::Commands, &["files.#"])).await.unwrap();
+        let requester = {
+            let bus = bus.clone();
+            let asked = asked.clone();
+            tokio::spawn(async move { bus.request(&asked, Duration::from_secs(30)).await })
+        };
+        let delivery = recv(&mut sub).await;
+        assert_eq!(delivery.envelope, asked);
+        delivery.dead_letter("the path is not valid").await.unwrap();
+        requester.abort();
+        bus.close().await;
+    }
+    let bus = open(&path);
+    assert_eq!(queue_figures(&bus, DEAD_LETTER_GROUP).await, Some((1, 0)), "the dead letter outlives its requester");
+    let mut dead = bus.dead_letters().await.unwrap();
+    let letter = recv(&mut dead).await;
+    assert_eq!(letter.envelope, asked);
+    assert_eq!(letter.dead.as_ref().map(|d| d.reason.as_str()), Some("the path is not valid"));
+    letter.ack().await.unwrap();
     bus.close().await;
 }
 
