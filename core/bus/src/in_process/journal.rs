@@ -669,10 +669,7 @@ mod tests {
         assert_eq!(read.messages.keys().copied().collect::<Vec<_>>(), [moved]);
         drop(journal);
         let (_journal, contents) = Journal::open(&path, u64::MAX).unwrap();
-        assert_eq!(
-            contents.messages.iter().map(|r| (r.queue.as_str(), r.message.seq)).collect::<Vec<_>>(),
-            [("crm.dead-letters", moved)]
-        );
+        assert_eq!(contents.messages.iter().map(|r| (r.queue.as_str(), r.message.seq)).collect::<Vec<_>>(), [("crm.dead-letters", moved)]);
     }
 
     #[test]
