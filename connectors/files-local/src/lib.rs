@@ -9,6 +9,11 @@
 //!   bytes at the path are refused unless `overwrite` is set. Writes are atomic.
 //! * `files.file.read` ([`ReadFile`], a request) → the reply [`FileContent`].
 //!
+//! A file-system error that retrying cannot fix (permission denied, a read-only file system, an
+//! invalid name, not a directory, a file too large...: [`store::is_permanent`]) is a `failed`
+//! result with the reason; one that may pass (disk full, interrupted, timed out...) is retried
+//! with backoff and in the end dead-lettered, which the core records as a failure too.
+//!
 //! Paths are checked by [`paths`] and written by [`store`]. Run it inside `crm serve` with
 //! [`crm_connector::spawn`]`(FilesLocal::new(config)?, bus, token)`, or as the
 //! `crm-connector-files-local` process.
@@ -60,7 +65,8 @@ impl FilesLocal {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
     }
 
-    /// Runs a blocking file operation; an I/O failure is transient (retried with backoff).
+    /// Runs a blocking file operation. An I/O failure that retrying cannot fix is a refusal
+    /// (`Ok(Err(reason))`); any other is transient (retried with backoff).
     async fn blocking<T: Send + 'static>(
         &self,
         what: String,
@@ -77,7 +83,7 @@ impl FilesLocal {
             Err(FileError::Io(err)) => {
                 let reason = format!("{what}: {err}");
                 self.note(Some(reason.clone()));
-                Err(HandlerError::Transient(reason))
+                if store::is_permanent(err.kind()) { Ok(Err(reason)) } else { Err(HandlerError::Transient(reason)) }
             }
         }
     }

@@ -2,7 +2,12 @@
 //!
 //! A path in a command is parsed once into a [`RelativePath`]: `/`-separated segments, each 1 to
 //! 255 bytes, no `.` or `..`, no leading `/`, no backslash, no NUL or other control character,
-//! nothing that starts with the connector's temp-file prefix. [`Root`] then resolves it inside
+//! no invisible formatting character (bidirectional overrides, zero-width characters), nothing
+//! that starts with the connector's temp-file prefix. Names must also be portable on every
+//! platform, so that the store can move to Windows or Nextcloud as it is (and a drive-relative
+//! name such as `C:evil.txt` never escapes there): none of `<>:"|?*`, no reserved device name
+//! (`CON`, `PRN`, `AUX`, `NUL`, `COM1`–`COM9`, `LPT1`–`LPT9`, with or without an extension), no
+//! trailing dot or space. [`Root`] then resolves it inside
 //! the data directory, segment by segment, without following a symbolic link out of it: a link
 //! is allowed only when its canonical target is inside the root, and the directory a file goes
 //! into is canonicalized and checked again before anything is written.
@@ -51,6 +56,18 @@ pub enum PathError {
     /// A name reserved for the connector's temporary files.
     #[error("names starting with '{TEMP_PREFIX}' are reserved")]
     Reserved,
+    /// An invisible formatting character (bidirectional override, zero-width character...).
+    #[error("the path contains an invisible formatting character (U+{0:04X})")]
+    InvisibleCharacter(u32),
+    /// A character Windows refuses in names.
+    #[error("the path contains '{0}', which is not allowed in file names on every platform (none of <>:\"|?*)")]
+    NotPortable(char),
+    /// A Windows device name (`CON`, `NUL`, `COM1`...), with or without an extension.
+    #[error("'{0}' is a reserved device name on Windows")]
+    DeviceName(String),
+    /// A name ending in `.` or a space.
+    #[error("a name in the path ends with a dot or a space")]
+    TrailingDotOrSpace,
     /// A symbolic link leads out of the data directory (or nowhere).
     #[error("'{0}' is a symbolic link that leads outside the data directory")]
     Escapes(String),
@@ -83,6 +100,12 @@ impl RelativePath {
         if path.chars().any(char::is_control) {
             return Err(PathError::ControlCharacter);
         }
+        if let Some(c) = path.chars().find(|&c| is_invisible_format(c)) {
+            return Err(PathError::InvisibleCharacter(u32::from(c)));
+        }
+        if let Some(c) = path.chars().find(|c| NOT_PORTABLE.contains(c)) {
+            return Err(PathError::NotPortable(c));
+        }
         let mut segments = Vec::new();
         for segment in path.split('/') {
             if segment.is_empty() {
@@ -96,6 +119,12 @@ impl RelativePath {
             }
             if segment.starts_with(TEMP_PREFIX) {
                 return Err(PathError::Reserved);
+            }
+            if segment.ends_with(['.', ' ']) {
+                return Err(PathError::TrailingDotOrSpace);
+            }
+            if is_device_name(segment) {
+                return Err(PathError::DeviceName(segment.to_owned()));
             }
             segments.push(segment.to_owned());
         }
@@ -120,6 +149,42 @@ impl RelativePath {
     /// The path, `/`-separated.
     pub fn as_string(&self) -> String {
         self.segments.join("/")
+    }
+}
+
+/// Characters Windows refuses in names (besides `/`, `\\` and control characters).
+const NOT_PORTABLE: &[char] = &['<', '>', ':', '"', '|', '?', '*'];
+
+/// Whether `c` is an invisible formatting character: bidirectional controls (with which
+/// `invoice\u{202E}fdp.exe` displays as `invoiceexe.pdf`), zero-width characters and joiners,
+/// the soft hyphen, the byte-order mark and the like. (The same list as the core's.)
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
+
+/// Whether `name` is a Windows device name: `CON`, `PRN`, `AUX`, `NUL`, `COM0`–`COM9`,
+/// `LPT0`–`LPT9` (digits ¹²³ too), in any case, alone or before an extension or spaces.
+fn is_device_name(name: &str) -> bool {
+    let base = name.split('.').next().unwrap_or(name).trim_end_matches(' ').to_ascii_uppercase();
+    match base.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" => true,
+        _ => {
+            let mut chars = base.chars();
+            let head: String = chars.by_ref().take(3).collect();
+            let rest: Vec<char> = chars.collect();
+            (head == "COM" || head == "LPT") && matches!(rest.as_slice(), [d] if d.is_ascii_digit() || matches!(d, '¹' | '²' | '³'))
+        }
     }
 }
 
@@ -275,8 +340,17 @@ mod tests {
 
     #[test]
     fn ordinary_paths_are_accepted() {
-        for path in ["a", "customers/42/invoice.pdf", "Πελάτες/Γιώργος/σχέδιο.dxf", "a b/c-d_e.f", ".hidden", "...", "a./b..c"]
-        {
+        for path in [
+            "a",
+            "customers/42/invoice.pdf",
+            "Πελάτες/Γιώργος/σχέδιο.dxf",
+            "a b/c-d_e.f",
+            ".hidden",
+            "a..b/c..d",
+            "CONSOLE.txt",
+            "com10",
+            "nul_x",
+        ] {
             let parsed = RelativePath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_eq!(parsed.as_string(), path);
         }
@@ -306,6 +380,32 @@ mod tests {
             ("c1\u{85}", PathError::ControlCharacter),
             (".crm-tmp-123", PathError::Reserved),
             ("a/.crm-tmp-x/b", PathError::Reserved),
+            ("invoice\u{202E}fdp.exe", PathError::InvisibleCharacter(0x202E)),
+            ("a/\u{200B}b", PathError::InvisibleCharacter(0x200B)),
+            ("\u{FEFF}a", PathError::InvisibleCharacter(0xFEFF)),
+            ("soft\u{00AD}hyphen", PathError::InvisibleCharacter(0xAD)),
+            ("x\u{2067}y", PathError::InvisibleCharacter(0x2067)),
+            ("x\u{061C}y", PathError::InvisibleCharacter(0x61C)),
+            ("C:evil.txt", PathError::NotPortable(':')),
+            ("a/b:stream", PathError::NotPortable(':')),
+            ("a<b", PathError::NotPortable('<')),
+            ("a>b", PathError::NotPortable('>')),
+            ("a\"b", PathError::NotPortable('"')),
+            ("a|b", PathError::NotPortable('|')),
+            ("what?", PathError::NotPortable('?')),
+            ("*.txt", PathError::NotPortable('*')),
+            ("...", PathError::TrailingDotOrSpace),
+            ("a./b", PathError::TrailingDotOrSpace),
+            ("a/b.", PathError::TrailingDotOrSpace),
+            ("a/b ", PathError::TrailingDotOrSpace),
+            ("CON", PathError::DeviceName("CON".into())),
+            ("a/con.txt", PathError::DeviceName("con.txt".into())),
+            ("Nul.tar.gz", PathError::DeviceName("Nul.tar.gz".into())),
+            ("aux .pdf", PathError::DeviceName("aux .pdf".into())),
+            ("prn/x", PathError::DeviceName("prn".into())),
+            ("COM1", PathError::DeviceName("COM1".into())),
+            ("lpt9.log", PathError::DeviceName("lpt9.log".into())),
+            ("COM¹", PathError::DeviceName("COM¹".into())),
         ];
         for (path, expected) in cases {
             assert_eq!(RelativePath::parse(path).as_ref(), Err(expected), "{path:?}");

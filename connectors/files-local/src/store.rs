@@ -3,8 +3,10 @@
 //!
 //! A file is written to a temporary file in its folder, flushed to disk, then put in place in
 //! one step, so a reader never sees half a file: without `overwrite` with a hard link, which
-//! fails if something appeared at the path meanwhile (no lost update between two writers), with
-//! `overwrite` by renaming over the old file. The folder is flushed afterwards so the new name
+//! fails if something appeared at the path meanwhile (no lost update between two writers), or,
+//! on a file system without hard links, with a rename that refuses to replace (`renameat2`
+//! `RENAME_NOREPLACE`; where there is none either, the file is refused rather than risk
+//! replacing one); with `overwrite` by renaming over the old file. The folder is flushed afterwards so the new name
 //! survives a crash.
 
 use crate::paths::{Entry, FolderError, PathError, RelativePath, Root, TEMP_PREFIX, sync_folder};
@@ -48,6 +50,30 @@ impl From<PathError> for FileError {
     }
 }
 
+/// Whether an I/O error of this kind is one retrying cannot fix: the file system refuses the
+/// operation itself (permissions, a read-only mount, a name it does not take, a file where a
+/// folder is needed, a size it cannot hold...). Anything else (disk full, over quota,
+/// interrupted, timed out, busy, or unknown) may pass and is retried.
+pub fn is_permanent(kind: io::ErrorKind) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        kind,
+        PermissionDenied
+            | ReadOnlyFilesystem
+            | InvalidFilename
+            | InvalidInput
+            | NotADirectory
+            | IsADirectory
+            | DirectoryNotEmpty
+            | FileTooLarge
+            | TooManyLinks
+            | CrossesDevices
+            | NotSeekable
+            | Unsupported
+            | ArgumentListTooLong
+    )
+}
+
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -70,6 +96,17 @@ pub fn ensure_folder(root: &Root, path: &RelativePath) -> Result<(), FileError> 
 /// Stores `content` at `path`. The same bytes already there are a success (a redelivered
 /// command); different bytes are refused unless `overwrite`.
 pub fn store(root: &Root, path: &RelativePath, content: &[u8], overwrite: bool) -> Result<Stored, FileError> {
+    store_with(root, path, content, overwrite, |temp, target| fs::hard_link(temp, target))
+}
+
+/// [`store`], placing a new file with `link` (a hard link, replaced in tests).
+fn store_with(
+    root: &Root,
+    path: &RelativePath,
+    content: &[u8],
+    overwrite: bool,
+    link: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> Result<Stored, FileError> {
     let shown = path.as_string();
     let folder = root.folder(path.parent(), true)?.expect("created when missing");
     let stored = Stored { size: content.len() as u64, sha256: sha256_hex(content) };
@@ -96,15 +133,7 @@ pub fn store(root: &Root, path: &RelativePath, content: &[u8], overwrite: bool) 
         if overwrite {
             return fs::rename(&temp, &target).map(|()| Placed::Yes);
         }
-        match fs::hard_link(&temp, &target) {
-            Ok(()) => Ok(Placed::Yes),
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(Placed::Raced),
-            // A file system without hard links: rename, having checked above that nothing is there.
-            Err(err) => {
-                tracing::debug!(error = %err, "hard link failed; renaming instead");
-                fs::rename(&temp, &target).map(|()| Placed::Yes)
-            }
-        }
+        place_new(&temp, &target, link, rename_no_replace)
     });
     let _ = fs::remove_file(&temp);
     match result {
@@ -117,13 +146,62 @@ pub fn store(root: &Root, path: &RelativePath, content: &[u8], overwrite: bool) 
             Entry::File { path: existing, size, .. } if size == stored.size && same_content(&existing, content)? => Ok(stored),
             _ => Err(FileError::Refused(format!("'{shown}' exists with different content (set overwrite to replace it)"))),
         },
+        Ok(Placed::Cannot { link, rename }) => Err(FileError::Refused(format!(
+            "'{shown}' cannot be stored without risking replacing a file written meanwhile: the file system has neither hard \
+             links ({link}) nor renaming without replacing ({rename}); set overwrite to replace"
+        ))),
         Err(err) => Err(err.into()),
     }
 }
 
+/// How placing a new file went.
+#[derive(Debug)]
 enum Placed {
+    /// It is in place.
     Yes,
+    /// Something appeared at the path meanwhile; nothing was replaced.
     Raced,
+    /// The file system offers no way to place it without possibly replacing another.
+    Cannot { link: io::Error, rename: io::Error },
+}
+
+/// Puts `temp` at `target` without ever replacing what is there: `link` (a hard link), or where
+/// that fails for another reason than something being there, `rename` (which must refuse to
+/// replace). Never falls back to a plain rename.
+fn place_new(
+    temp: &Path,
+    target: &Path,
+    link: impl FnOnce(&Path, &Path) -> io::Result<()>,
+    rename: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<Placed> {
+    let link_error = match link(temp, target) {
+        Ok(()) => return Ok(Placed::Yes),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(Placed::Raced),
+        Err(err) => err,
+    };
+    tracing::debug!(error = %link_error, "hard link failed; renaming without replacing instead");
+    match rename(temp, target) {
+        Ok(()) => Ok(Placed::Yes),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(Placed::Raced),
+        // No such rename here, or not on this file system.
+        Err(err) if matches!(err.kind(), io::ErrorKind::Unsupported | io::ErrorKind::InvalidInput) => {
+            Ok(Placed::Cannot { link: link_error, rename: err })
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Renames `from` to `to` unless something is at `to` (`AlreadyExists` then).
+#[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(io::Error::from)
+}
+
+/// Renames `from` to `to` unless something is at `to`: not available on this platform.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+fn rename_no_replace(_from: &Path, _to: &Path) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "no rename without replacing on this platform"))
 }
 
 fn write_temp(temp: &Path, content: &[u8]) -> io::Result<()> {
@@ -290,6 +368,71 @@ mod tests {
         assert_eq!(remove_stale_temps(&root, std::time::Duration::ZERO).unwrap(), 2);
         assert!(root.path().join("a/b/keep.txt").exists());
         assert!(!root.path().join("a/b/.crm-tmp-1").exists());
+    }
+
+    fn no_hard_links(_: &Path, _: &Path) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "no hard links here"))
+    }
+
+    #[test]
+    fn without_hard_links_a_file_written_meanwhile_is_never_replaced() {
+        let (_dir, root) = setup();
+        // Another instance writes the file between the check and the placing.
+        let target = root.path().join("a/race.txt");
+        let other_writer = |_: &Path, _: &Path| -> io::Result<()> {
+            fs::write(&target, b"theirs")?;
+            Err(io::Error::new(io::ErrorKind::Unsupported, "no hard links here"))
+        };
+        fs::create_dir(root.path().join("a")).unwrap();
+        let err = store_with(&root, &path("a/race.txt"), b"mine", false, other_writer).unwrap_err();
+        assert!(matches!(&err, FileError::Refused(r) if r.contains("exists with different content")), "{err}");
+        assert_eq!(fs::read(&target).unwrap(), b"theirs", "the other instance's file is kept");
+        let names: Vec<_> = fs::read_dir(root.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["race.txt"], "no temporary files left behind");
+
+        // Nothing there: renamed into place without a hard link.
+        let stored = store_with(&root, &path("a/new.txt"), b"mine", false, no_hard_links).unwrap();
+        assert_eq!((stored.size, fs::read(root.path().join("a/new.txt")).unwrap()), (4, b"mine".to_vec()));
+    }
+
+    #[test]
+    fn placing_never_replaces_without_overwrite() {
+        let (_dir, root) = setup();
+        let (temp, target) = (root.path().join("temp"), root.path().join("target"));
+        let never = |_: &Path, _: &Path| -> io::Result<()> { panic!("renamed after the hard link was placed or raced") };
+        let unsupported = |_: &Path, _: &Path| Err(io::Error::new(io::ErrorKind::InvalidInput, "flag not supported"));
+
+        // A hard link: placed, or raced when something is there.
+        fs::write(&temp, b"new").unwrap();
+        assert!(matches!(place_new(&temp, &target, |a, b| fs::hard_link(a, b), never), Ok(Placed::Yes)));
+        assert!(matches!(place_new(&temp, &target, |a, b| fs::hard_link(a, b), never), Ok(Placed::Raced)));
+        fs::remove_file(&target).unwrap();
+
+        // No hard links: a rename that refuses to replace.
+        fs::write(&target, b"old").unwrap();
+        assert!(matches!(place_new(&temp, &target, no_hard_links, rename_no_replace), Ok(Placed::Raced)));
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        fs::remove_file(&target).unwrap();
+        assert!(matches!(place_new(&temp, &target, no_hard_links, rename_no_replace), Ok(Placed::Yes)));
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert!(!temp.exists());
+
+        // Neither: refused, nothing touched.
+        fs::write(&temp, b"newer").unwrap();
+        fs::remove_file(&target).unwrap();
+        assert!(matches!(place_new(&temp, &target, no_hard_links, unsupported), Ok(Placed::Cannot { .. })));
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn permanent_io_errors_are_told_apart() {
+        use io::ErrorKind::*;
+        for kind in [PermissionDenied, ReadOnlyFilesystem, InvalidFilename, NotADirectory, IsADirectory, FileTooLarge] {
+            assert!(is_permanent(kind), "{kind:?}");
+        }
+        for kind in [StorageFull, QuotaExceeded, Interrupted, TimedOut, WouldBlock, ResourceBusy, NotFound, Other, UnexpectedEof] {
+            assert!(!is_permanent(kind), "{kind:?}");
+        }
     }
 
     #[test]

@@ -162,13 +162,56 @@ async fn files_over_the_cap_and_unsafe_paths_fail_with_a_reason() {
     let outside = tempfile::tempdir().unwrap();
     #[cfg(unix)]
     std::os::unix::fs::symlink(outside.path(), running.data.join("out")).unwrap();
-    for path in ["../escape.txt", "/etc/passwd", "a\\b", "a//b", "nul\0byte", "a/./b", "out/x.txt", ""] {
+    for path in [
+        "../escape.txt",
+        "/etc/passwd",
+        "a\\b",
+        "a//b",
+        "nul\0byte",
+        "a/./b",
+        "out/x.txt",
+        "",
+        "C:evil.txt",
+        "CON.txt",
+        "x\u{202E}fdp.exe",
+        "dot.",
+    ] {
         let result = running.store(path, b"x", false).await;
         assert_eq!(result.path, path);
         assert!(!failed(&result).is_empty());
     }
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
     assert!(!running.dir_has_escape());
+    running.stop().await;
+}
+
+/// File-system errors that retrying cannot fix give a `failed` result at once (no retries, no
+/// dead letter): a read-only folder (only where the tests are not root, who writes anyway) and
+/// a file where the data directory should be (not a directory).
+#[tokio::test]
+async fn errors_retrying_cannot_fix_are_failed_results() {
+    let mut running = start(1024).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = running.data.join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let probe = locked.join("probe");
+        if std::fs::write(&probe, b"x").is_err() {
+            let result = running.store("locked/a.txt", b"x", false).await;
+            let reason = failed(&result);
+            assert!(reason.contains("cannot store 'locked/a.txt'") && reason.contains("ermission denied"), "{reason}");
+        } else {
+            std::fs::remove_file(&probe).unwrap();
+        }
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::remove_dir_all(&running.data).unwrap();
+    std::fs::write(&running.data, b"a file where the data directory was").unwrap();
+    let result = running.store("a/b.txt", b"x", false).await;
+    let reason = failed(&result);
+    assert!(reason.contains("cannot store 'a/b.txt'") && reason.contains("ot a directory"), "{reason}");
     running.stop().await;
 }
 
