@@ -40,6 +40,7 @@ crm_tests::on_both_backends!(
     file_results_update_media_and_attachment,
     assigning_an_unmatched_entry,
     assigning_by_phone,
+    assigning_gives_the_files_to_the_customer,
     triage_refusals,
     dismissing_an_unmatched_entry,
     concurrent_assignments,
@@ -1026,6 +1027,54 @@ async fn assigning_an_unmatched_entry(db: &TestDb) {
         timeline(store, ListQuery { filter: CommsFilter { triage: Some(Triage::Unmatched), ..Default::default() }, ..Default::default() })
             .await;
     assert_eq!(ids(&inbox), vec![other_sender.id]);
+}
+
+/// The media records of an assigned entry, and of the entries assigned with it, become the
+/// customer's: the column (filters, access) and the document (what is read back).
+async fn assigning_gives_the_files_to_the_customer(db: &TestDb) {
+    let actor = user_actor();
+    let store = &db.store.acting_as(actor.clone());
+    let customer = create_customer(store, json!({"name": "Πάτερ Νικόλαος"})).await;
+    let from = |item: InboundEntry, value: &str| {
+        let mut item = item;
+        item.entry.channel_address = Some(email_address(value));
+        item
+    };
+    let first = with_file(with_file(from(inbound("<m1@x>", "ev-m1", None), "stranger@example.com"), "a.jpg"), "b.jpg");
+    let sibling = with_file(from(inbound("<m2@x>", "ev-m2", None), "Stranger@Example.com"), "c.jpg");
+    let other = with_file(from(inbound("<m3@x>", "ev-m3", None), "someone@else.gr"), "d.jpg");
+    store.log_inbound(vec![first.clone(), sibling.clone(), other.clone()]).await.unwrap();
+    // One file is stored already, one was deleted: both go with the entry.
+    let stored = FileStored::Stored { path: "inbox/x/1-a.jpg".into(), size: 3, sha256: "ab".repeat(32) };
+    store.record_file_result(first.media[0].0, stored).await.unwrap().unwrap();
+    store.delete::<Media>(first.media[1].0, None).await.unwrap();
+
+    let assigned = store.assign_unmatched(first.id, customer.id, None).await.unwrap();
+    assert_eq!(assigned.also_assigned, 1);
+    let theirs = [first.media[0].0, first.media[1].0, sibling.media[0].0];
+    for id in theirs {
+        let media = store.get::<Media>(id, true).await.unwrap();
+        assert_eq!(media.data.customer_id, Some(customer.id), "{id}");
+        let trail = store.audit_trail(&AuditQuery { resource_id: Some(id), ..Default::default() }).await.unwrap().items;
+        assert_eq!((trail[0].action.as_str(), trail[0].resource.as_str(), trail[0].actor_id), ("assign", "media", actor.id));
+    }
+    let stored = store.get::<Media>(first.media[0].0, false).await.unwrap();
+    assert_eq!((stored.data.status, stored.data.nextcloud_path.as_deref()), (MediaStatus::Stored, Some("inbox/x/1-a.jpg")));
+    assert_eq!(store.get::<Media>(other.media[0].0, false).await.unwrap().data.customer_id, None, "another sender's file stays");
+
+    // Listed under the customer (the column), deleted ones only when asked.
+    let listed = |include_deleted| async move {
+        let filter = MediaFilter { customer_id: Some(customer.id), ..Default::default() };
+        let query = ListQuery { filter, include_deleted, ..Default::default() };
+        set(ids(&store.list::<Media>(&query).await.unwrap().items))
+    };
+    assert_eq!(listed(false).await, set([first.media[0].0, sibling.media[0].0]));
+    assert_eq!(listed(true).await, set(theirs));
+
+    // A file result after the assignment keeps the customer.
+    let late = FileStored::Stored { path: "inbox/y/1-c.jpg".into(), size: 3, sha256: "cd".repeat(32) };
+    let media = store.record_file_result(sibling.media[0].0, late).await.unwrap().unwrap();
+    assert_eq!((media.data.customer_id, media.data.status), (Some(customer.id), MediaStatus::Stored));
 }
 
 async fn assigning_by_phone(db: &TestDb) {

@@ -321,6 +321,16 @@ impl Store {
     pub async fn record_file_result(&self, media_id: Uuid, result: FileStored) -> Result<Option<Record<Media>>> {
         let now = now();
         let mut tx = self.begin().await?;
+        // The entry is locked before the media record, in the order assigning an entry takes
+        // them, so that the two never wait for each other. (`comms_id` never changes.)
+        let entry = match entry_of_media(&mut tx, media_id).await? {
+            Some(comms_id) => match load_locked::<CommsEntry>(&mut tx, comms_id, None).await {
+                Ok(entry) => Some(entry),
+                Err(StoreError::NotFound) => None,
+                Err(err) => return Err(err),
+            },
+            None => None,
+        };
         let current = match load_locked::<Media>(&mut tx, media_id, Some(false)).await {
             Ok(current) => current,
             Err(StoreError::NotFound) => return Ok(None),
@@ -348,9 +358,7 @@ impl Store {
             return Ok(Some(current));
         }
         let record = overwrite(&mut tx, &current, media, now).await?;
-        if let Some(comms_id) = record.data.comms_id
-            && let Ok(entry) = load_locked::<CommsEntry>(&mut tx, comms_id, None).await
-        {
+        if let Some(entry) = entry {
             let mut next = entry.data.clone();
             for attachment in next.attachments.iter_mut().filter(|a| a.media_id == Some(media_id)) {
                 match &result {
@@ -371,7 +379,8 @@ impl Store {
 
     /// Assigns an entry of the unmatched inbox to a customer, adds the sender's address to the
     /// customer's contacts (unless it is there already), and assigns every other unmatched
-    /// entry from the same address with it. Audited.
+    /// entry from the same address with it; the files that came with them (their media
+    /// records) become the customer's too. Audited.
     pub async fn assign_unmatched(&self, entry_id: Uuid, customer_id: Uuid, expected_version: Option<i64>) -> Result<Assigned> {
         let now = now();
         let mut tx = self.begin().await?;
@@ -418,6 +427,7 @@ impl Store {
         let record = overwrite(&mut tx, &current, next, now).await?;
         audit::record_change(&mut tx, &self.actor, "assign", CommsEntry::TABLE, entry_id, Some(&current.data), Some(&record.data)).await?;
         let mut also_assigned = 0;
+        let mut assigned = vec![entry_id];
         if let Some(normalized) = address.and_then(|a| a.normalized) {
             for other in unmatched_from(&mut tx, &normalized, entry_id).await? {
                 let next = assign(&other);
@@ -425,7 +435,16 @@ impl Store {
                 audit::record_change(&mut tx, &self.actor, "assign", CommsEntry::TABLE, other.id, Some(&other.data), Some(&updated.data))
                     .await?;
                 also_assigned += 1;
+                assigned.push(other.id);
             }
+        }
+        for media in media_of_entries(&mut tx, &assigned).await? {
+            if media.data.customer_id == Some(customer_id) {
+                continue;
+            }
+            let next = Media { customer_id: Some(customer_id), ..media.data.clone() };
+            let updated = overwrite(&mut tx, &media, next, now).await?;
+            audit::record_change(&mut tx, &self.actor, "assign", Media::TABLE, media.id, Some(&media.data), Some(&updated.data)).await?;
         }
         tx.commit().await?;
         Ok(Assigned { entry: record, contact_added, also_assigned })
@@ -557,6 +576,30 @@ async fn unmatched_from(tx: &mut Tx, normalized: &str, except: Uuid) -> Result<V
     sql.bind(Value::Text(Some(normalized.to_owned()))).push(" AND id <> ").bind(Value::Uuid(Some(except)));
     sql.push(" ORDER BY id").push(skip_locked(backend));
     tx.fetch_all(&sql).await?.iter().map(decode::<CommsEntry>).collect()
+}
+
+/// The entry a media record came with, read without a lock (it never changes).
+async fn entry_of_media(tx: &mut Tx, media_id: Uuid) -> Result<Option<Uuid>> {
+    let mut sql = Sql::new("SELECT comms_id FROM media WHERE id = ");
+    sql.bind(Value::Uuid(Some(media_id)));
+    match tx.fetch_optional(&sql).await? {
+        Some(row) => row.optional_uuid("comms_id"),
+        None => Ok(None),
+    }
+}
+
+/// The media records (deleted ones too) that came with `entries`, locked, in id order.
+async fn media_of_entries(tx: &mut Tx, entries: &[Uuid]) -> Result<Vec<Record<Media>>> {
+    let backend = tx.backend();
+    let mut sql = Sql::new(format!("SELECT {} FROM media WHERE comms_id IN (", backend.record_columns()));
+    for (i, id) in entries.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(Value::Uuid(Some(*id)));
+    }
+    sql.push(") ORDER BY id").push(backend.lock_rows());
+    tx.fetch_all(&sql).await?.iter().map(decode::<Media>).collect()
 }
 
 /// `user:<id>`, `api_key:<id>` or `system`: who made a decision, as the log records it.
