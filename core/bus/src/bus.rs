@@ -65,13 +65,21 @@ impl Bus {
         }
     }
 
-    /// Publishes all, then waits for all the confirms (pipelined). The first error is returned
-    /// after every confirm has been awaited; the others were published.
-    pub async fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
+    /// Publishes all, then waits for all the confirms; one outcome per envelope, in order: `Ok`
+    /// only for a message the broker confirmed (and, for a command, routed to a queue). Use it
+    /// when each message's fate matters (the outbox relay marks each row by it). Order is kept
+    /// among the batch's commands and among its events.
+    pub async fn publish_each(&self, envelopes: &[Envelope]) -> Vec<Result<(), BusError>> {
         match self {
-            Bus::InProcess(bus) => bus.publish_all(envelopes).await,
-            Bus::Amqp(bus) => bus.publish_all(envelopes).await,
+            Bus::InProcess(bus) => bus.publish_each(envelopes).await,
+            Bus::Amqp(bus) => bus.publish_each(envelopes).await,
         }
+    }
+
+    /// [`Bus::publish_each`], reduced to its first error (returned after every confirm has been
+    /// awaited; the other messages were published).
+    pub async fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
+        self.publish_each(envelopes).await.into_iter().find_map(Result::err).map_or(Ok(()), Err)
     }
 
     /// Declares the group's queue and bindings (adding bindings, never removing any) and

@@ -2,7 +2,7 @@
 
 /// What went wrong on the bus. `Unavailable` and `Timeout` are worth retrying later; `Rejected`
 /// and `Invalid` are not (without a change).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     /// The broker cannot be reached (connecting, connection lost, reconnecting), or the channel a
     /// delivery came on is gone (the broker redelivers it; the error can be ignored).

@@ -1,6 +1,7 @@
-//! One live AMQP connection with its channels (publishing with confirms, and request/reply on
-//! direct reply-to), the topology it declares on opening, and the supervisor that replaces it
-//! with capped exponential backoff when it drops.
+//! One live AMQP connection with its channels (publishing with confirms: one pipelined channel
+//! for messages that cannot come back, one for mandatory messages that also consumes direct
+//! reply-to), the topology it declares on opening, and the supervisor that replaces it with
+//! capped exponential backoff when it drops.
 
 use super::{Shared, mapping};
 use crate::BusError;
@@ -27,18 +28,22 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 pub(crate) struct Link {
     pub(super) generation: u64,
     pub(super) connection: Connection,
-    /// Confirm mode; every publish but requests.
+    /// Confirm mode; messages published without `mandatory` (events, replies), pipelined.
     pub(super) publisher: Channel,
-    /// Confirm mode, consuming direct reply-to; requests are published here.
-    pub(super) rpc: Channel,
+    /// Confirm mode, consuming direct reply-to: every `mandatory` publish (commands, requests,
+    /// retries, dead letters, replays), one batch at a time under this lock
+    /// ([`super::publish`]). `None` once spoiled (a confirm timed out, the broker closed it):
+    /// the next batch opens a fresh one.
+    pub(super) returning: Arc<tokio::sync::Mutex<Option<Channel>>>,
     retry_declared: Mutex<HashSet<String>>,
 }
 
 impl Link {
-    /// Connected, with both channels open (a channel closed by a broker error, such as publishing
-    /// to a deleted exchange, makes the link unusable: the supervisor replaces it).
+    /// Connected, with the publisher channel open (a publisher channel closed by a broker error,
+    /// such as publishing to a deleted exchange, makes the link unusable: the supervisor replaces
+    /// it; the returning channel is renewed by the next batch instead).
     pub(super) fn is_up(&self) -> bool {
-        self.connection.status().connected() && self.publisher.status().connected() && self.rpc.status().connected()
+        self.connection.status().connected() && self.publisher.status().connected()
     }
 
     /// Connects, declares the topology (and every group queue seen so far) and opens the
@@ -56,14 +61,16 @@ impl Link {
         let connection = Connection::connect(&shared.url, properties).await?;
         let publisher = connection.create_channel().await?;
         declare_topology(&publisher, shared).await?;
+        declare_known_groups(&connection, shared).await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-        let rpc = connection.create_channel().await?;
-        rpc.confirm_select(ConfirmSelectOptions::default()).await?;
-        let replies = rpc
-            .basic_consume(REPLY_TO.into(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
-            .await?;
-        tokio::spawn(route_replies(Arc::downgrade(shared), replies));
-        Ok(Link { generation, connection, publisher, rpc, retry_declared: Mutex::new(HashSet::new()) })
+        let returning = open_returning(shared, &connection).await?;
+        Ok(Link {
+            generation,
+            connection,
+            publisher,
+            returning: Arc::new(tokio::sync::Mutex::new(Some(returning))),
+            retry_declared: Mutex::new(HashSet::new()),
+        })
     }
 
     /// Declares the delay queue of `group` for `delay` once per connection.
@@ -88,7 +95,19 @@ impl Link {
     }
 }
 
-/// The exchanges, the dead-letter queue and every group queue known to `shared`.
+/// A channel for `mandatory` publishes: confirm mode, consuming direct reply-to (a request's
+/// reply comes back on the channel it was published on).
+pub(super) async fn open_returning(shared: &Arc<Shared>, connection: &Connection) -> Result<Channel, BusError> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let replies = channel
+        .basic_consume(REPLY_TO.into(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    tokio::spawn(route_replies(Arc::downgrade(shared), replies));
+    Ok(channel)
+}
+
+/// The exchanges and the dead-letter queue.
 async fn declare_topology(channel: &Channel, shared: &Shared) -> Result<(), BusError> {
     let names = &shared.names;
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
@@ -106,12 +125,36 @@ async fn declare_topology(channel: &Channel, shared: &Shared) -> Result<(), BusE
             FieldTable::default(),
         )
         .await?;
+    Ok(())
+}
+
+/// Every group queue (and its bindings) known to `shared`, each on a channel that a refused
+/// declare has not closed. A group the broker refuses now (a queue of that name was re-created
+/// with other arguments) is logged and skipped: it must not keep the whole bus from connecting;
+/// its subscribers keep trying to consume, and log why they cannot.
+async fn declare_known_groups(connection: &Connection, shared: &Shared) -> Result<(), BusError> {
+    let names = &shared.names;
+    let mut channel = connection.create_channel().await?;
     for (queue, group, bindings) in shared.known_groups() {
-        declare_group_queue(channel, names, &queue, &group).await?;
-        for (exchange, pattern) in bindings {
-            bind(channel, names, &queue, exchange, &pattern).await?;
+        let declared = async {
+            declare_group_queue(&channel, names, &queue, &group).await?;
+            for (exchange, pattern) in bindings {
+                bind(&channel, names, &queue, exchange, &pattern).await?;
+            }
+            Ok::<_, BusError>(())
+        }
+        .await;
+        if let Err(err) = declared {
+            if !connection.status().connected() {
+                return Err(err);
+            }
+            tracing::error!(queue, group, error = %shared.redact(&err.to_string()), "the broker refused to re-declare a group queue; connecting without it (its subscribers keep retrying)");
+            if !channel.status().connected() {
+                channel = connection.create_channel().await?;
+            }
         }
     }
+    let _ = channel.close(200, "OK".into()).await;
     Ok(())
 }
 

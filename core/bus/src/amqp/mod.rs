@@ -1,4 +1,5 @@
-//! The RabbitMQ transport (via `lapin`): publishing with confirms, group queues, retry through
+//! The RabbitMQ transport (via `lapin`): publishing with confirms (mandatory messages one batch
+//! at a time, so each return is matched to its message), group queues, retry through
 //! per-delay queues, dead-lettering, direct reply-to requests, and reconnection.
 
 mod link;
@@ -204,29 +205,45 @@ impl AmqpBus {
     }
 
     pub(crate) async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
-        self.publish_all(std::slice::from_ref(envelope)).await
+        self.publish_each(std::slice::from_ref(envelope)).await.pop().unwrap_or(Ok(()))
     }
 
-    pub(crate) async fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
-        let link = self.shared.live()?;
+    /// Publishes every envelope and awaits every confirm; one outcome per envelope, in order.
+    pub(crate) async fn publish_each(&self, envelopes: &[Envelope]) -> Vec<Result<(), BusError>> {
+        let link = match self.shared.live() {
+            Ok(link) => link,
+            Err(err) => return envelopes.iter().map(|_| Err(err.clone())).collect(),
+        };
+        let mut outcomes: Vec<Result<(), BusError>> = Vec::with_capacity(envelopes.len());
         let mut batch = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
+        let mut sent = Vec::with_capacity(envelopes.len());
+        for (index, envelope) in envelopes.iter().enumerate() {
             tracing::debug!(envelope.id = %envelope.id, envelope.kind = %envelope.kind, request_id = envelope.trace.request_id.as_deref(), routing_key = %envelope.routing_key, "publish");
-            topic::validate_routing_key(&envelope.routing_key)?;
+            outcomes.push(Ok(()));
+            let properties = match topic::validate_routing_key(&envelope.routing_key).and_then(|()| mapping::properties(envelope)) {
+                Ok(properties) => properties,
+                Err(err) => {
+                    outcomes[index] = Err(err);
+                    continue;
+                }
+            };
             batch.push(Publish {
                 exchange: self.shared.names.exchange(envelope.exchange),
                 routing_key: envelope.routing_key.clone(),
                 // An event no group binds is dropped; a command must reach a queue.
                 mandatory: envelope.exchange == Exchange::Commands,
-                properties: mapping::properties(envelope)?,
-                body: &envelope.data,
+                properties,
+                body: envelope.data.clone(),
             });
+            sent.push(index);
         }
-        publish::confirmed(&self.shared, &link.publisher, batch).await?;
-        for envelope in envelopes {
-            telemetry::published(TRANSPORT, envelope.exchange, 1);
+        for (index, outcome) in sent.into_iter().zip(publish::confirmed(&self.shared, &link, batch).await) {
+            if outcome.is_ok() {
+                telemetry::published(TRANSPORT, envelopes[index].exchange, 1);
+            }
+            outcomes[index] = outcome;
         }
-        Ok(())
+        outcomes
     }
 
     pub(crate) async fn subscribe(&self, subscription: Subscription) -> Result<BusSubscriber, BusError> {
@@ -237,9 +254,16 @@ impl AmqpBus {
         if self.shared.is_closed() {
             return Err(BusError::Closed);
         }
+        let subscriber = Subscriber::start(
+            self.shared.clone(),
+            queue.clone(),
+            Some(subscription.clone()),
+            subscription.group.clone(),
+            subscription.prefetch,
+        )
+        .await?;
+        // Only once the broker took the declare: a group it refused would fail every reconnection.
         self.shared.remember_group(&queue, &subscription);
-        let subscriber =
-            Subscriber::start(self.shared.clone(), queue, Some(subscription.clone()), subscription.group, subscription.prefetch).await?;
         Ok(BusSubscriber::amqp(subscriber))
     }
 
@@ -249,7 +273,6 @@ impl AmqpBus {
             topic::validate_pattern(pattern)?;
         }
         let link = self.shared.live()?;
-        self.shared.remember_group(&queue, subscription);
         // A channel of its own: a failed declare closes the channel it is made on.
         let channel = link.connection.create_channel().await?;
         link::declare_group_queue(&channel, &self.shared.names, &queue, &subscription.group).await?;
@@ -257,6 +280,8 @@ impl AmqpBus {
             link::bind(&channel, &self.shared.names, &queue, subscription.exchange, pattern).await?;
         }
         let _ = channel.close(200, "OK".into()).await;
+        // Only once the broker took the declare: a group it refused would fail every reconnection.
+        self.shared.remember_group(&queue, subscription);
         Ok(())
     }
 
@@ -280,10 +305,10 @@ impl AmqpBus {
             routing_key: envelope.routing_key.clone(),
             mandatory: true,
             properties,
-            body: &envelope.data,
+            body: envelope.data.clone(),
         };
         tracing::debug!(envelope.id = %envelope.id, envelope.kind = %envelope.kind, request_id = envelope.trace.request_id.as_deref(), "request");
-        if let Err(err) = publish::confirmed(&self.shared, &link.rpc, vec![publish]).await {
+        if let Err(err) = publish::confirmed_one(&self.shared, &link, publish).await {
             forget();
             return Err(err);
         }
@@ -311,9 +336,9 @@ impl AmqpBus {
             routing_key: reply_to.to_owned(),
             mandatory: false,
             properties: properties.with_headers(headers),
-            body: &reply.data,
+            body: reply.data.clone(),
         };
-        publish::confirmed(&self.shared, &link.publisher, vec![publish]).await
+        publish::confirmed_one(&self.shared, &link, publish).await
     }
 
     pub(crate) async fn replay(&self, group: &str, envelope: &Envelope) -> Result<(), BusError> {
@@ -326,9 +351,9 @@ impl AmqpBus {
             routing_key: queue,
             mandatory: true,
             properties: mapping::properties(envelope)?.with_headers(headers),
-            body: &envelope.data,
+            body: envelope.data.clone(),
         };
-        publish::confirmed(&self.shared, &link.publisher, vec![publish]).await.map_err(|err| match err {
+        publish::confirmed_one(&self.shared, &link, publish).await.map_err(|err| match err {
             BusError::Rejected(_) => BusError::Invalid(format!("group '{group}' has no queue")),
             other => other,
         })

@@ -7,7 +7,7 @@ use super::link::{self, Link};
 use super::mapping::{self, Decoded};
 use super::publish::{self, Publish};
 use super::settle::ack_options;
-use super::{Shared, TRANSPORT, Token, lock};
+use super::{Shared, TRANSPORT, Token};
 use crate::BusError;
 use crate::delivery::{Delivery, Settle};
 use crate::subscription::Subscription;
@@ -17,16 +17,15 @@ use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A consumer channel and the delivery tags received on it and not yet settled (in tag order,
-/// which is arrival order), so a batch ack can tell whether one `multiple` ack covers exactly it.
+/// A consumer channel and the delivery tags received on it and not yet settled.
 #[derive(Debug)]
 pub(crate) struct ChannelHold {
     pub(super) channel: Channel,
-    outstanding: Mutex<BTreeSet<u64>>,
+    outstanding: Ledger,
     /// Set when the subscriber is dropped: its deliveries go back to the queue, so settling one
     /// afterwards fails at once rather than racing the channel's closing.
     abandoned: AtomicBool,
@@ -45,32 +44,62 @@ impl ChannelHold {
         Ok(())
     }
 
-    pub(super) fn settle(&self, tag: u64) {
-        lock(&self.outstanding).remove(&tag);
-    }
-
     pub(super) async fn ack(&self, tag: u64) -> Result<(), BusError> {
         self.check()?;
-        self.settle(tag);
-        self.channel.basic_ack(tag, ack_options(false)).await.map_err(channel_gone)
+        self.outstanding.settle_one(tag, || self.channel.basic_ack(tag, ack_options(false))).await.map_err(channel_gone)
     }
 
     pub(super) async fn nack_requeue(&self, tag: u64) -> Result<(), BusError> {
         self.check()?;
-        self.settle(tag);
-        self.channel.basic_nack(tag, BasicNackOptions { multiple: false, requeue: true }).await.map_err(channel_gone)
+        self.outstanding
+            .settle_one(tag, || self.channel.basic_nack(tag, BasicNackOptions { multiple: false, requeue: true }))
+            .await
+            .map_err(channel_gone)
+    }
+}
+
+/// The delivery tags of a channel received and not yet settled (in tag order, which is arrival
+/// order), so a batch ack can tell whether one `multiple` ack covers exactly it. A tag is taken
+/// out under the same lock that sends its settling frame: a `multiple` ack worked out by another
+/// task can then never cover a delivery whose own ack or nack has not gone out yet (which would
+/// ack a message being requeued, and make the late nack a channel error).
+#[derive(Debug, Default)]
+pub(super) struct Ledger {
+    tags: tokio::sync::Mutex<BTreeSet<u64>>,
+}
+
+impl Ledger {
+    pub(super) async fn insert(&self, tag: u64) {
+        self.tags.lock().await.insert(tag);
     }
 
-    /// When `tags` (sorted) are exactly the oldest unsettled ones, settles them all and says so.
-    fn take_oldest(&self, tags: &[u64]) -> bool {
-        let mut outstanding = lock(&self.outstanding);
-        if outstanding.len() < tags.len() || !outstanding.iter().zip(tags).all(|(a, b)| a == b) {
-            return false;
+    /// Takes `tag` out and sends its frame with `send`, under the lock.
+    pub(super) async fn settle_one<F, Fut, T>(&self, tag: u64, send: F) -> T
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut tags = self.tags.lock().await;
+        tags.remove(&tag);
+        send().await
+    }
+
+    /// When `batch` (sorted) is exactly the oldest unsettled tags, takes them out and sends their
+    /// `multiple` frame with `send`, under the lock: `Some` of what it returned; `None` otherwise
+    /// (nothing taken).
+    pub(super) async fn settle_oldest<F, Fut, T>(&self, batch: &[u64], send: F) -> Option<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut tags = self.tags.lock().await;
+        if tags.len() < batch.len() || !tags.iter().zip(batch).all(|(a, b)| a == b) {
+            return None;
         }
-        for tag in tags {
-            outstanding.remove(tag);
+        for tag in batch {
+            tags.remove(tag);
         }
-        true
+        Some(send().await)
     }
 }
 
@@ -127,7 +156,7 @@ impl Subscriber {
         let consumer =
             channel.basic_consume(mapping::short(&self.queue)?, "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
         Ok(Consumption {
-            hold: Arc::new(ChannelHold { channel, outstanding: Mutex::new(BTreeSet::new()), abandoned: AtomicBool::new(false) }),
+            hold: Arc::new(ChannelHold { channel, outstanding: Ledger::default(), abandoned: AtomicBool::new(false) }),
             consumer,
         })
     }
@@ -209,7 +238,7 @@ impl Subscriber {
     }
 
     async fn accept(&self, hold: Arc<ChannelHold>, delivery: lapin::message::Delivery) -> Option<Delivery> {
-        lock(&hold.outstanding).insert(delivery.delivery_tag);
+        hold.outstanding.insert(delivery.delivery_tag).await;
         let decoded = match &self.subscription {
             Some(_) => mapping::decode(&self.shared.names, &delivery),
             None => Ok(mapping::decode_dead(&self.shared.names, &delivery)),
@@ -253,9 +282,9 @@ impl Subscriber {
                     routing_key: self.group.clone(),
                     mandatory: true,
                     properties: delivery.properties.clone().with_headers(headers),
-                    body: &delivery.data,
+                    body: delivery.data.clone(),
                 };
-                publish::confirmed(&self.shared, &link.publisher, vec![publish]).await
+                publish::confirmed_one(&self.shared, &link, publish).await
             }
             Err(err) => Err(err),
         };
@@ -292,9 +321,14 @@ impl Subscriber {
         if let Some(hold) = current.filter(|_| !mine.is_empty()) {
             mine.sort_unstable();
             let count = mine.len() as u64;
-            if hold.take_oldest(&mine) {
-                let highest = *mine.last().expect("not empty");
-                match hold.channel.basic_ack(highest, ack_options(true)).await {
+            let highest = *mine.last().expect("not empty");
+            let multiple = match hold.check() {
+                Ok(()) => hold.outstanding.settle_oldest(&mine, || hold.channel.basic_ack(highest, ack_options(true))).await,
+                // Fails one by one below, with the reason.
+                Err(_) => None,
+            };
+            if let Some(acked) = multiple {
+                match acked {
                     Ok(()) => telemetry::acked(TRANSPORT, &self.group, count),
                     Err(err) => {
                         first_error.get_or_insert(channel_gone(err));
@@ -351,5 +385,57 @@ impl ClosingGuard {
 impl Drop for ClosingGuard {
     fn drop(&mut self) {
         self.0.closing_channels.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ledger;
+    use std::sync::Mutex;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Frame {
+        Nack(u64),
+        AckUpTo(u64),
+    }
+
+    /// A requeue of tag 1 is taking its tag out while a batch ack of 2 and 3 is worked out: the
+    /// `multiple` ack up to 3 (which would cover 1) may only go out after the nack of 1.
+    #[tokio::test]
+    async fn a_multiple_ack_never_overtakes_a_settle_in_progress() {
+        let ledger = Ledger::default();
+        for tag in 1..=3 {
+            ledger.insert(tag).await;
+        }
+        let sent = Mutex::new(Vec::new());
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let mut nack = Box::pin(ledger.settle_one(1, || async {
+            let _ = released.await;
+            sent.lock().unwrap().push(Frame::Nack(1));
+        }));
+        // The nack has taken its tag out and is sending its frame.
+        assert!(futures::poll!(&mut nack).is_pending());
+        let mut batch_ack = Box::pin(ledger.settle_oldest(&[2, 3], || async {
+            sent.lock().unwrap().push(Frame::AckUpTo(3));
+        }));
+        assert!(futures::poll!(&mut batch_ack).is_pending(), "the batch ack waits for the nack's frame");
+        release.send(()).unwrap();
+        nack.await;
+        assert_eq!(batch_ack.await, Some(()));
+        assert_eq!(*sent.lock().unwrap(), [Frame::Nack(1), Frame::AckUpTo(3)]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_ack_is_multiple_only_for_the_oldest_tags() {
+        let ledger = Ledger::default();
+        for tag in 1..=4 {
+            ledger.insert(tag).await;
+        }
+        assert_eq!(ledger.settle_oldest(&[2, 3], || async {}).await, None, "1 is older");
+        assert_eq!(ledger.settle_oldest(&[1, 2, 3, 4, 5], || async {}).await, None, "5 was never received");
+        assert_eq!(ledger.settle_oldest(&[1, 2], || async {}).await, Some(()));
+        ledger.settle_one(4, || async {}).await;
+        assert_eq!(ledger.settle_oldest(&[3], || async {}).await, Some(()));
+        assert!(ledger.tags.lock().await.is_empty());
     }
 }

@@ -150,23 +150,30 @@ impl InProcessBus {
 
     /// Publishes; returns once the message is journaled (when there is a journal).
     pub(crate) async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
-        self.publish_all(std::slice::from_ref(envelope)).await
+        self.publish_each(std::slice::from_ref(envelope)).await.pop().unwrap_or(Ok(()))
     }
 
-    pub(crate) async fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
-        let mut first_error = None;
-        let synced = {
-            let mut state = self.open()?;
+    /// Publishes every envelope; one outcome per envelope, in order (a routed message's is the
+    /// journal's when there is one).
+    pub(crate) async fn publish_each(&self, envelopes: &[Envelope]) -> Vec<Result<(), BusError>> {
+        let (mut outcomes, synced) = {
+            let mut state = match self.open() {
+                Ok(state) => state,
+                Err(err) => return envelopes.iter().map(|_| Err(err.clone())).collect(),
+            };
+            let mut outcomes = Vec::with_capacity(envelopes.len());
             for envelope in envelopes {
                 tracing::debug!(envelope.id = %envelope.id, envelope.kind = %envelope.kind, request_id = envelope.trace.request_id.as_deref(), routing_key = %envelope.routing_key, "publish");
-                if let Err(err) = self.route(&mut state, Message::new(envelope.clone())) {
-                    first_error.get_or_insert(err);
-                }
+                outcomes.push(self.route(&mut state, Message::new(envelope.clone())));
             }
-            self.broker.synced()
+            (outcomes, self.broker.synced())
         };
-        let synced = synced.await;
-        first_error.map_or(synced, Err)
+        if let Err(err) = synced.await {
+            for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                *outcome = Err(err.clone());
+            }
+        }
+        outcomes
     }
 
     /// Declares the group's queue and bindings, returning the state (locked) and the queue.

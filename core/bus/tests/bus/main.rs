@@ -8,6 +8,7 @@
 mod connect;
 mod failures;
 mod flow;
+mod publishing;
 mod rabbit;
 mod restart;
 mod rpc;
@@ -57,6 +58,12 @@ on_both_transports!(failures:
     dead_letter_goes_straight_to_the_dead_letter_queue,
     replay_puts_a_dead_letter_back_into_its_group,
     dead_letters_cannot_be_retried,
+);
+
+on_both_transports!(publishing:
+    concurrent_publishes_each_get_their_own_outcome,
+    publish_each_reports_every_message,
+    requeues_racing_batch_acks_lose_nothing,
 );
 
 on_both_transports!(rpc:

@@ -2,9 +2,11 @@
 
 use crate::support::{Ctx, RABBIT, Transport, WAIT, amqp_url, assert_quiet, event, notice, recv, run, run_unlocked, wait_until};
 use crm_bus::{BusError, DEAD_LETTER_GROUP, Exchange, Subscription};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use futures::FutureExt as _;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 /// Publishes `body` with `headers` to `<prefix>.events` with plain lapin, confirmed.
@@ -152,4 +154,143 @@ async fn rabbitmq_bus_survives_a_broker_restart() {
     // No other RabbitMQ test of this binary runs while the broker restarts.
     let _exclusive = RABBIT.write().await;
     run_unlocked(Transport::Rabbitmq, survives_a_broker_restart).await;
+}
+
+/// A channel of a connection of its own, for changing the broker behind the bus's back.
+async fn raw_channel() -> (Connection, lapin::Channel) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    (connection, channel)
+}
+
+/// Declares `queue` as a durable classic queue (with a TTL when given), as a bus never would.
+async fn declare_classic(queue: &str, ttl_ms: Option<i64>) {
+    let (connection, channel) = raw_channel().await;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+    if let Some(ttl) = ttl_ms {
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+    }
+    channel.queue_declare(queue.into(), QueueDeclareOptions::durable(), args).await.unwrap();
+    connection.close(200, "OK".into()).await.unwrap();
+}
+
+async fn delete_queue(queue: &str) {
+    let (connection, channel) = raw_channel().await;
+    channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await.unwrap();
+    connection.close(200, "OK".into()).await.unwrap();
+}
+
+/// Runs `body`, then deletes `queue` (which the bus does not know of), even when it panics.
+async fn removing_afterwards(queue: &str, body: impl Future<Output = ()>) {
+    let outcome = AssertUnwindSafe(body).catch_unwind().await;
+    delete_queue(queue).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn failed_retry_and_dead_letter_give_the_delivery_back(ctx: Ctx) {
+    let retry_queue = format!("{}.core.events.retry.50", ctx.prefix);
+    removing_afterwards(&retry_queue.clone(), failed_retry_and_dead_letter_scenario(ctx, retry_queue)).await;
+}
+
+async fn failed_retry_and_dead_letter_scenario(ctx: Ctx, retry_queue: String) {
+    let mut sub = ctx.bus.subscribe(Subscription::new("core.events", Exchange::Events, &["#"]).with_prefetch(1)).await.unwrap();
+    // The delay queue of the first retry exists with other arguments: declaring it fails.
+    declare_classic(&retry_queue, None).await;
+    let first = event("email.message.received", 1);
+    ctx.bus.publish(&first).await.unwrap();
+    let d = recv(&mut sub).await;
+    assert_eq!(d.envelope, first);
+    let err = d.retry("flaky").await.unwrap_err();
+    assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
+    // It comes back (prefetch 1: only if it was given back), as the same attempt.
+    let again = recv(&mut sub).await;
+    assert_eq!(again.envelope, first);
+    assert!(again.redelivered);
+    assert_eq!(again.attempt, 1);
+
+    // Without the dead-letter queue, dead-lettering is refused by the broker.
+    delete_queue(&format!("{}.dead-letters", ctx.prefix)).await;
+    let err = again.dead_letter("hopeless").await.unwrap_err();
+    assert!(matches!(err, BusError::Rejected(_)), "{err:?}");
+    let back = recv(&mut sub).await;
+    assert_eq!(back.envelope, first);
+    assert!(back.redelivered);
+    back.ack().await.unwrap();
+    // The consumer keeps receiving.
+    let second = event("email.message.received", 2);
+    ctx.bus.publish(&second).await.unwrap();
+    let d = recv(&mut sub).await;
+    assert_eq!(d.envelope, second);
+    d.ack().await.unwrap();
+    assert_quiet(&mut sub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_failed_retry_and_dead_letter_give_the_delivery_back() {
+    run(Transport::Rabbitmq, failed_retry_and_dead_letter_give_the_delivery_back).await;
+}
+
+/// The broker-side ids (pids) of the connections whose client called itself `crm-bus <prefix>`.
+async fn bus_connections(prefix: &str) -> Vec<String> {
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("rabbitmqctl").args(["list_connections", "pid", "client_properties", "--silent"]).output()
+    })
+    .await
+    .unwrap()
+    .expect("rabbitmqctl list_connections");
+    let marker = format!("crm-bus {prefix}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&marker))
+        .filter_map(|line| line.split('\t').next().map(str::to_owned))
+        .collect()
+}
+
+async fn groups_the_broker_refuses_do_not_keep_the_bus_down(ctx: Ctx) {
+    let legacy = format!("{}.legacy", ctx.prefix);
+    // The other classic queue is the bus's, deleted with its topology.
+    removing_afterwards(&legacy.clone(), refused_groups_scenario(ctx, legacy)).await;
+}
+
+async fn refused_groups_scenario(ctx: Ctx, legacy: String) {
+    // A queue of the group's name exists as a classic queue: subscribing fails (406).
+    declare_classic(&legacy, None).await;
+    let refused = ctx.bus.subscribe(Subscription::new("legacy", Exchange::Commands, &["legacy.#"])).await;
+    assert!(refused.is_err(), "subscribing to a group whose queue the broker refuses");
+    // A group declared fine whose queue is then re-created as a classic queue: its re-declare
+    // on reconnecting fails.
+    ctx.bus.declare(&Subscription::new("connector.email.commands", Exchange::Commands, &["email.#"])).await.unwrap();
+    let email = format!("{}.connector.email.commands", ctx.prefix);
+    delete_queue(&email).await;
+    declare_classic(&email, None).await;
+
+    let before = bus_connections(&ctx.prefix).await;
+    assert_eq!(before.len(), 1, "the bus's connection: {before:?}");
+    rabbitmqctl(&["close_connection", &before[0], "test: dropping the bus connection"]).await.expect("close the bus connection");
+    let bus = ctx.bus.clone();
+    let prefix = ctx.prefix.clone();
+    wait_until("the bus has reconnected and publishes", Duration::from_secs(60), || async {
+        let now = bus_connections(&prefix).await;
+        now.len() == 1 && now != before && bus.is_ready().await && bus.publish(&event("email.message.received", 1)).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_groups_the_broker_refuses_do_not_keep_the_bus_down() {
+    if crate::support::rabbit_or_skip().await.is_none() {
+        return;
+    }
+    if rabbitmqctl(&["status"]).await.is_err() {
+        assert!(
+            !std::env::var("CRM_REQUIRE_RABBITMQ").is_ok_and(|v| v == "1"),
+            "CRM_REQUIRE_RABBITMQ=1 but rabbitmqctl cannot reach the broker"
+        );
+        notice("NOTICE: RabbitMQ reconnection test SKIPPED: rabbitmqctl cannot reach the broker.");
+        return;
+    }
+    run(Transport::Rabbitmq, groups_the_broker_refuses_do_not_keep_the_bus_down).await;
 }
