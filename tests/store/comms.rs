@@ -33,6 +33,8 @@ crm_tests::on_both_backends!(
     concurrent_writers_log_a_message_once,
     concurrent_writer_wins_while_the_batch_waits,
     concurrent_batches_in_opposite_orders,
+    an_unstorable_entry_fails_alone,
+    replies_naming_many_messages,
     create_with_commands_is_all_or_nothing,
     delivery_status_never_moves_back,
     delivery_reports_find_their_entry,
@@ -601,6 +603,74 @@ async fn replies_within_one_batch(db: &TestDb) {
     assert_eq!(thread(z.id).await, Some(root.id));
     assert_eq!(thread(w.id).await, Some(root.id), "a reply to a batch entry that continues a logged thread joins that thread");
     assert_eq!(thread(v.id).await, Some(p.id));
+}
+
+/// A batch in which one entry cannot be stored (its file's media id is taken, which fails on
+/// both backends): `log_inbound` refuses the whole batch; `log_inbound_each` logs the others
+/// (files, commands and threads included) and gives that entry its own error.
+async fn an_unstorable_entry_fails_alone(db: &TestDb) {
+    let store = &db.store;
+    let root = inbound("<root@x>", "ev-root", None);
+    let reply = replying(inbound("<reply@x>", "ev-reply", None), &["<root@x>"]);
+    let bad = with_file(inbound("<bad@x>", "ev-bad", None), "bad.jpg");
+    let (taken, _) = bad.media[0].clone();
+    store.create_with_commands(taken, media(None, "already-there.jpg"), &[]).await.unwrap();
+    let filed = with_file(inbound("<filed@x>", "ev-filed", None), "filed.jpg");
+    let later = replying(inbound("<later@x>", "ev-later", None), &["<reply@x>"]);
+    let batch = vec![root.clone(), reply.clone(), bad.clone(), filed.clone(), later.clone(), inbound("<last@x>", "ev-last", None)];
+
+    let refused = store.log_inbound(batch.clone()).await.expect_err("the batch as a whole is refused");
+    assert!(!refused.is_unavailable(), "{refused:?}");
+    assert!(every_entry(store).await.is_empty(), "nothing of the refused batch is written");
+
+    let outcomes = store.log_inbound_each(batch.clone()).await.expect("the database is there");
+    assert_eq!(outcomes.len(), batch.len());
+    for (item, outcome) in batch.iter().zip(&outcomes) {
+        match outcome {
+            Ok(logged) => assert_ne!(item.id, bad.id, "the unstorable entry was logged: {logged:?}"),
+            Err(err) => {
+                assert_eq!(item.id, bad.id, "only the unstorable entry fails: {err:?}");
+                assert!(!err.is_unavailable(), "{err:?}");
+            }
+        }
+    }
+    assert!(outcomes.iter().filter(|o| o.is_ok()).all(|o| matches!(o, Ok(Logged::Created(_)))));
+    let logged: HashSet<Uuid> = ids(&every_entry(store).await).into_iter().collect();
+    let expected: HashSet<Uuid> = batch.iter().map(|i| i.id).filter(|id| *id != bad.id).collect();
+    assert_eq!(logged, expected);
+    assert_eq!(entry_of(store, reply.id).await.data.thread_id, Some(root.id), "replies still find their thread");
+    assert_eq!(entry_of(store, later.id).await.data.thread_id, Some(root.id));
+    let files: Vec<Uuid> = ids(&every_media(store).await);
+    assert!(files.contains(&filed.media[0].0) && files.contains(&taken) && files.len() == 2, "{files:?}");
+    assert_eq!(pending_envelopes(store).await, filed.commands, "only the logged entries' commands are queued");
+
+    // Again (a redelivery of the whole batch): the logged ones are duplicates, the bad one
+    // still fails alone.
+    let again = store.log_inbound_each(batch.clone()).await.unwrap();
+    for (item, outcome) in batch.iter().zip(&again) {
+        match outcome {
+            Ok(logged) => assert_eq!(*logged, Logged::Duplicate(item.id)),
+            Err(_) => assert_eq!(item.id, bad.id),
+        }
+    }
+    assert!(store.log_inbound_each(Vec::new()).await.unwrap().is_empty());
+}
+
+/// A reply naming 70,000 earlier messages (more parameters than one PostgreSQL statement can
+/// bind, and more than SQLite allows) is logged and joins the thread of the one that is logged.
+async fn replies_naming_many_messages(db: &TestDb) {
+    let store = &db.store;
+    let root = inbound("<root@x>", "ev-root", None);
+    store.log_inbound(vec![root.clone()]).await.unwrap();
+    let mut names: Vec<String> = (0..70_000).map(|i| format!("<unknown-{i}@x>")).collect();
+    names.push("<root@x>".into());
+    let mut reply = inbound("<reply@x>", "ev-reply", None);
+    reply.answers = names.iter().map(|id| ext_key("email", id)).collect();
+    reply.answers_entries = (0..70_000).map(|_| Uuid::now_v7()).collect();
+    let other = inbound("<other@x>", "ev-other", None);
+    let outcomes = store.log_inbound(vec![reply.clone(), other.clone()]).await.expect("logged");
+    assert_eq!(outcomes, vec![Logged::Created(reply.id), Logged::Created(other.id)]);
+    assert_eq!(entry_of(store, reply.id).await.data.thread_id, Some(root.id));
 }
 
 /// Two cores log the same messages at the same moment: each message is logged once, the other

@@ -199,16 +199,57 @@ impl Store {
     /// thread of the message they answer. Not audited: the entry records the event it came from.
     #[tracing::instrument(skip_all, fields(batch = batch.len()))]
     pub async fn log_inbound(&self, mut batch: Vec<InboundEntry>) -> Result<Vec<Logged>> {
+        self.log_inbound_in(&mut batch).await
+    }
+
+    /// [`Store::log_inbound`] on entries the caller keeps (only their thread ids change).
+    async fn log_inbound_in(&self, batch: &mut [InboundEntry]) -> Result<Vec<Logged>> {
         // Another core may log a message of the batch between our look and our insert, which
         // then skips it. The whole batch is decided again, seeing that entry both as a duplicate
         // and as a thread. Each retry finds at least one more key of the batch logged, so this
         // ends; only an item whose id (not key) is taken can exhaust it.
         for _ in 0..=2 * batch.len() {
-            if let Some(outcomes) = self.try_log_inbound(&mut batch).await? {
+            if let Some(outcomes) = self.try_log_inbound(batch).await? {
                 return Ok(outcomes);
             }
         }
         Err(StoreError::Corrupt("an inbound entry clashes with a log entry that has none of its keys".into()))
+    }
+
+    /// Logs a batch like [`Store::log_inbound`], isolating what cannot be stored: when the
+    /// batch is refused for a reason other than the database being unavailable, it is split in
+    /// halves and each half logged on its own (earlier half first, so replies still find their
+    /// thread), down to single entries. One outcome per entry, in batch order: the entries that
+    /// fail alone get their error, the others are committed. `Err` only when the database is
+    /// unavailable; the entries committed before that are duplicates when the batch is retried.
+    #[tracing::instrument(skip_all, fields(batch = batch.len()))]
+    pub async fn log_inbound_each(&self, mut batch: Vec<InboundEntry>) -> Result<Vec<Result<Logged>>> {
+        let mut outcomes: Vec<Option<Result<Logged>>> = batch.iter().map(|_| None).collect();
+        // Parts still to log, as ranges of the batch; the next one is on top.
+        let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+        parts.push(0..batch.len());
+        while let Some(range) = parts.pop() {
+            let part = &mut batch[range.clone()];
+            match self.log_inbound_in(part).await {
+                Ok(logged) => {
+                    for (outcome, slot) in logged.into_iter().zip(&mut outcomes[range]) {
+                        *slot = Some(Ok(outcome));
+                    }
+                }
+                Err(err) if err.is_unavailable() => return Err(err),
+                Err(err) if part.len() == 1 => {
+                    tracing::warn!(error = %err, id = %part[0].id, raw_event_id = ?part[0].entry.raw_event_id, "an inbound entry cannot be stored");
+                    outcomes[range.start] = Some(Err(err));
+                }
+                Err(err) => {
+                    tracing::info!(error = %err, entries = part.len(), "a batch of inbound entries was refused; logging it in halves");
+                    let middle = range.start + part.len() / 2;
+                    parts.push(middle..range.end);
+                    parts.push(range.start..middle);
+                }
+            }
+        }
+        Ok(outcomes.into_iter().map(|o| o.expect("every part is logged or failed")).collect())
     }
 
     /// One attempt at [`Store::log_inbound`]: `None`, with nothing written, when another writer
@@ -473,13 +514,12 @@ async fn existing_entries(tx: &mut Tx, batch: &[InboundEntry]) -> Result<HashMap
     let raw: Vec<String> = batch.iter().filter_map(|i| i.entry.raw_event_id.clone()).collect();
     let mut found = HashMap::new();
     for (column, keys) in [("ext_key", ext), ("raw_event_id", raw)] {
-        if keys.is_empty() {
-            continue;
-        }
-        let mut sql = Sql::new(format!("SELECT id, {column} AS k FROM comms_log WHERE {column} IN ("));
-        push_list(&mut sql, keys);
-        for row in tx.fetch_all(&sql).await? {
-            found.insert(row.get::<String>("k")?, row.uuid("id")?);
+        for chunk in keys.chunks(MAX_LOOKUP_BINDS) {
+            let mut sql = Sql::new(format!("SELECT id, {column} AS k FROM comms_log WHERE {column} IN ("));
+            push_list(&mut sql, chunk.to_vec());
+            for row in tx.fetch_all(&sql).await? {
+                found.insert(row.get::<String>("k")?, row.uuid("id")?);
+            }
         }
     }
     Ok(found)
@@ -491,25 +531,31 @@ struct Threads {
     by_id: HashMap<Uuid, Uuid>,
 }
 
+/// The most values one lookup query binds. PostgreSQL's protocol allows 65,535 parameters and
+/// SQLite 32,766 by default; a batch's keys are looked up in chunks well below both.
+const MAX_LOOKUP_BINDS: usize = 1_000;
+
 async fn threads_of(tx: &mut Tx, batch: &[InboundEntry]) -> Result<Threads> {
-    let keys: Vec<String> = batch.iter().flat_map(|i| i.answers.iter().cloned()).collect();
-    let ids: Vec<Uuid> = batch.iter().flat_map(|i| i.answers_entries.iter().copied()).collect();
+    let keys: Vec<String> =
+        batch.iter().flat_map(|i| i.answers.iter().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let ids: Vec<Uuid> =
+        batch.iter().flat_map(|i| i.answers_entries.iter().copied()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let mut threads = Threads { by_key: HashMap::new(), by_id: HashMap::new() };
     let thread = |row: &Row| -> Result<Uuid> { Ok(row.optional_uuid("thread_id")?.unwrap_or(row.uuid("id")?)) };
-    if !keys.is_empty() {
+    for chunk in keys.chunks(MAX_LOOKUP_BINDS) {
         let mut sql = Sql::new("SELECT id, thread_id, ext_key FROM comms_log WHERE ext_key IN (");
-        push_list(&mut sql, keys);
+        push_list(&mut sql, chunk.to_vec());
         for row in tx.fetch_all(&sql).await? {
             threads.by_key.insert(row.get::<String>("ext_key")?, thread(&row)?);
         }
     }
-    if !ids.is_empty() {
+    for chunk in ids.chunks(MAX_LOOKUP_BINDS) {
         let mut sql = Sql::new("SELECT id, thread_id FROM comms_log WHERE id IN (");
-        for (i, id) in ids.into_iter().enumerate() {
+        for (i, id) in chunk.iter().enumerate() {
             if i > 0 {
                 sql.push(", ");
             }
-            sql.bind(Value::Uuid(Some(id)));
+            sql.bind(Value::Uuid(Some(*id)));
         }
         sql.push(")");
         for row in tx.fetch_all(&sql).await? {

@@ -47,24 +47,38 @@ impl StoreError {
         StoreError::Conflict { pointer: pointer.map(str::to_owned), detail: detail.into() }
     }
 
-    /// Whether the database reported a unique constraint violation.
     /// Whether the database could not be reached (as opposed to refusing the statement):
-    /// waiting and trying again is the cure.
+    /// waiting and trying again is the cure. Connection loss shows as an I/O or TLS error, an
+    /// exhausted or closed pool, a crashed SQLite worker, or a server error of class 08
+    /// (connection), a shutdown (57P01, 57P03), too many connections (53300), a serialization
+    /// failure or deadlock (40001, 40P01) or SQLite's busy / locked (5, 6). `Protocol` is not
+    /// among them: sqlx raises it before sending a statement it cannot encode (more than 65,535
+    /// parameters: "too many arguments"), and such a statement fails the same way every time.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
             StoreError::Database(
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::WorkerCrashed
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed
             )
         ) || matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03" || c == "53300" || c == "40001" || c == "40P01" || c == "5" || c == "6"))
     }
 
+    /// Whether the database reported a unique constraint violation.
     pub(crate) fn is_unique_violation(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statement_sqlx_cannot_send_is_not_an_unavailable_database() {
+        let too_many = StoreError::Database(sqlx::Error::Protocol("PgConnection::run(): too many arguments for query: 70001".into()));
+        assert!(!too_many.is_unavailable());
+        let lost = StoreError::Database(sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(lost.is_unavailable());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
     }
 }
