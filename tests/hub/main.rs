@@ -6,7 +6,7 @@
 mod asyncapi;
 
 use chrono::Utc;
-use crm_bus::message::{Address, Channel, DeliveryState, DeliveryStatus, MessageReceived, SendMessage};
+use crm_bus::message::{Address, Channel, DeliveryState, DeliveryStatus, InboundAttachment, MessageReceived, SendMessage};
 use crm_bus::{Bus, Envelope, Exchange, Subscription, Trace};
 use crm_domain::Record;
 use crm_domain::comms::{CommsEntry, Triage};
@@ -380,6 +380,66 @@ async fn file_results_update_the_media_record(h: &Harness) {
     assert_eq!(stored.data.size, Some(42));
 }
 
+/// A message with U+0000 in its texts (PostgreSQL refuses it in text and jsonb, SQLite keeps it)
+/// is logged with U+FFFD instead, the same on both backends, and the messages of its batch are
+/// logged with it: nothing is retried or dead-lettered.
+async fn a_nul_character_is_replaced_and_spoils_no_batch(h: &Harness) {
+    let customer = h.customer("Ναός Αγίου Σπυρίδωνα", "spyridon@example.gr").await;
+    let mut nul = email("spyridon@example.gr", Some("π.\u{0}Σπύρος"), "<nul\u{0}@example.gr>");
+    nul.subject = Some("a\u{0}b".into());
+    nul.body = "a\u{0}b".into();
+    nul.to = vec![Address::email("office\u{0}@bells.example", Some("Γρα\u{0}φείο".into()))];
+    nul.attachments = vec![InboundAttachment {
+        filename: "σχέδιο\u{0}.pdf".into(),
+        mime_type: "application/pdf\u{0}".into(),
+        size: 10,
+        content: None,
+        refused: Some("too\u{0}big".into()),
+    }];
+    let normal = |i: usize| connector_envelope(&email("spyridon@example.gr", None, &format!("<normal-{i}@example.gr>")));
+    let mut events: Vec<Envelope> = (0..4).map(normal).collect();
+    events.push(connector_envelope(&nul));
+    events.extend((4..8).map(normal));
+    h.bus().publish_all(&events).await.expect("published");
+
+    for i in 0..8 {
+        assert_eq!(h.wait_for_entry(&format!("<normal-{i}@example.gr>")).await.data.customer_id, Some(customer.id));
+    }
+    let entry = h.wait_for_entry("<nul\u{fffd}@example.gr>").await;
+    assert_eq!(entry.data.customer_id, Some(customer.id));
+    assert_eq!(entry.data.subject.as_deref(), Some("a\u{fffd}b"));
+    assert_eq!(entry.data.body, "a\u{fffd}b");
+    assert_eq!(entry.data.channel_address.as_ref().and_then(|a| a.name.as_deref()), Some("π.\u{fffd}Σπύρος"));
+    assert_eq!(entry.data.recipients[0].value, "office\u{fffd}@bells.example");
+    assert_eq!(entry.data.recipients[0].name.as_deref(), Some("Γρα\u{fffd}φείο"));
+    let attachment = &entry.data.attachments[0];
+    assert_eq!((attachment.mime_type.as_str(), attachment.refused.as_deref()), ("application/pdf\u{fffd}", Some("too\u{fffd}big")));
+    let stored = serde_json::to_string(&entry.data).unwrap();
+    assert!(!stored.contains('\u{0}') && !stored.contains("\\u0000"), "no U+0000 is stored: {stored}");
+    let (letters, _) = h.store().dead_letters(None, None, None, None).await.unwrap();
+    assert!(letters.is_empty(), "nothing is dead-lettered: {letters:?}");
+}
+
+/// A reply naming 70,000 earlier messages (more parameters than one PostgreSQL statement can
+/// bind) is logged promptly, with its last references only, and so is the message beside it.
+async fn a_message_with_70000_references_is_logged(h: &Harness) {
+    h.bus().publish(&connector_envelope(&email("stranger@example.org", None, "<root@example.org>"))).await.unwrap();
+    let root = h.wait_for_entry("<root@example.org>").await;
+    let mut many = email("stranger@example.org", None, "<many@example.org>");
+    many.references = (0..70_000).map(|i| format!("<earlier-{i}@example.org>")).collect();
+    many.references.push("<root@example.org>".into());
+    let normal = email("stranger@example.org", None, "<normal@example.org>");
+    h.bus().publish_all(&[connector_envelope(&many), connector_envelope(&normal)]).await.expect("published");
+
+    let logged = h.wait_for_entry("<many@example.org>").await;
+    h.wait_for_entry("<normal@example.org>").await;
+    assert_eq!(logged.data.thread_id, Some(root.id), "the last reference threads it");
+    assert_eq!(logged.data.references.len(), crm_hub::INGEST_MAX_REFERENCES);
+    assert_eq!(logged.data.references[..], many.references[many.references.len() - crm_hub::INGEST_MAX_REFERENCES..]);
+    let (letters, _) = h.store().dead_letters(None, None, None, None).await.unwrap();
+    assert!(letters.is_empty(), "nothing is dead-lettered: {letters:?}");
+}
+
 /// With the default matcher plugin active, the plugin decides and the entry says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_matcher_plugin_matches_inbound_messages() {
@@ -439,4 +499,6 @@ scenarios!(
     malformed_event_is_dead_lettered_with_its_reason_and_replayed_after_a_fix,
     outbound_command_reaches_the_connector_and_reports_come_back,
     file_results_update_the_media_record,
+    a_nul_character_is_replaced_and_spoils_no_batch,
+    a_message_with_70000_references_is_logged,
 );

@@ -4,7 +4,10 @@
 //! update the connector list. Deliveries are taken in batches, written in one transaction and
 //! acknowledged only after the commit; a redelivered event changes nothing. A malformed event is
 //! dead-lettered with the reason and never stops the consumer; an unreachable database holds the
-//! batch (unacknowledged) and retries until it is back.
+//! batch (unacknowledged) and retries until it is back; a batch the database refuses is written
+//! in halves, so that only the messages that cannot be stored on their own are retried (and in
+//! the end dead-lettered). U+0000, which PostgreSQL cannot store in text, becomes U+FFFD in every
+//! text of an event, so that such a message is logged, the same way on both backends.
 
 use crate::HubConfig;
 use crate::matcher::index_kind;
@@ -22,6 +25,7 @@ use crm_domain::customer::Customer;
 use crm_domain::matching::Matcher;
 use crm_domain::matching::{self, Candidate, KeyKind, LookupKey, Sender};
 use crm_store::{ConnectorInstance, FileStored, InboundEntry, Logged, Store, StoreError};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +41,10 @@ pub const BINDINGS: &[&str] =
 
 /// The longest body kept; longer bodies are cut with a note (the channel keeps the original).
 const MAX_BODY_CHARS: usize = 200_000;
+/// The most `References` kept per message: the last ones, the nearest ancestors. Threading needs
+/// only `In-Reply-To` and the last few; a message with thousands would make every thread lookup
+/// of its batch huge.
+pub const MAX_REFERENCES: usize = 50;
 
 #[derive(Clone)]
 pub(crate) struct Ingest {
@@ -101,7 +109,7 @@ impl Ingest {
                     tracing::warn!(%reason, id = %delivery.envelope.id, kind = %delivery.envelope.kind, request_id = delivery.envelope.trace.request_id.as_deref().unwrap_or(""), "malformed event: dead-lettered");
                     metrics::counter!("ingest_events_total", "outcome" => "malformed").increment(1);
                     if let Err(err) = delivery.dead_letter(&reason).await {
-                        tracing::warn!(%err, "could not dead-letter an event; it will come back");
+                        tracing::warn!(%err, "could not dead-letter an event; the bus puts it back in the queue");
                     }
                 }
             }
@@ -124,20 +132,26 @@ impl Ingest {
                 }
             };
             let has_commands = entries.iter().any(|e| !e.commands.is_empty());
-            match self.until_stored(shutdown, || self.store.log_inbound(entries.clone())).await {
+            // One outcome per entry: a batch the database refuses is written in halves, so one
+            // message that cannot be stored costs only itself.
+            match self.until_stored(shutdown, || self.store.log_inbound_each(entries.clone())).await {
                 Some(Ok(outcomes)) => {
-                    for (outcome, entry) in outcomes.iter().zip(&entries) {
+                    for ((outcome, entry), delivery) in outcomes.into_iter().zip(&entries).zip(deliveries) {
                         let label = match outcome {
-                            Logged::Duplicate(_) => "duplicate",
-                            Logged::Created(_) if entry.entry.triage == Some(Triage::Unmatched) => "unmatched",
-                            Logged::Created(_) => "matched",
+                            Ok(Logged::Duplicate(_)) => "duplicate",
+                            Ok(Logged::Created(_)) if entry.entry.triage == Some(Triage::Unmatched) => "unmatched",
+                            Ok(Logged::Created(_)) => "matched",
+                            Err(err) => {
+                                settle_failure(delivery, &format!("{err}: {err:?}")).await;
+                                continue;
+                            }
                         };
                         metrics::counter!("ingest_events_total", "outcome" => label).increment(1);
+                        done.push(delivery);
                     }
                     if has_commands {
                         self.relay.notify_one();
                     }
-                    done.extend(deliveries);
                 }
                 Some(Err(reason)) => {
                     for delivery in deliveries {
@@ -191,6 +205,7 @@ impl Ingest {
     }
 
     fn decode(&self, envelope: &Envelope) -> Result<Decoded, String> {
+        let envelope = &*without_nul(envelope);
         let logged_by = connector_of(&envelope.source);
         match envelope.kind.as_str() {
             MessageReceived::TYPE => {
@@ -223,7 +238,7 @@ impl Ingest {
         }
     }
 
-    fn inbound_message(&self, envelope: &Envelope, m: MessageReceived, logged_by: String) -> Result<Pending, String> {
+    fn inbound_message(&self, envelope: &Envelope, mut m: MessageReceived, logged_by: String) -> Result<Pending, String> {
         let kind = match m.channel {
             Channel::Email => CommsType::Email,
             Channel::Whatsapp => CommsType::Whatsapp,
@@ -238,6 +253,7 @@ impl Ingest {
             return Err("/from/value: must not be empty".into());
         }
         let sender = sender_of(kind, &m.from);
+        m.references.drain(..m.references.len().saturating_sub(MAX_REFERENCES));
         let answers: Vec<String> =
             m.in_reply_to.iter().chain(m.references.iter().rev()).map(|id| crm_store::ext_key(kind.as_str(), id)).collect();
         let answers_entries =
@@ -572,13 +588,52 @@ async fn settle_failure(delivery: Delivery, reason: &str) {
     tracing::warn!(%reason, id = %delivery.envelope.id, "event failed; retrying later");
     metrics::counter!("ingest_events_total", "outcome" => "retried").increment(1);
     if let Err(err) = delivery.retry(reason).await {
-        tracing::warn!(%err, "could not schedule a retry; the event will be redelivered");
+        tracing::warn!(%err, "could not schedule a retry; the bus puts the event back in the queue");
     }
 }
 
 async fn requeue(delivery: Delivery) {
     if let Err(err) = delivery.requeue().await {
         tracing::debug!(%err, "requeue failed; the broker redelivers anyway");
+    }
+}
+
+/// The character PostgreSQL cannot store in text (22021) or jsonb (22P05); SQLite can.
+const NUL: char = '\u{0}';
+
+/// `envelope` with U+0000 replaced by U+FFFD in its id, its source and every string (and key) of
+/// its data, so that what ingest stores from it is storable, and the same, on both backends.
+/// Borrowed unchanged when there is none: JSON can only carry it escaped, as `\u0000`.
+fn without_nul(envelope: &Envelope) -> Cow<'_, Envelope> {
+    let in_data = envelope.data.split(|&b| b == b'\\').skip(1).any(|after| after.starts_with(b"u0000"));
+    if !in_data && !envelope.id.contains(NUL) && !envelope.source.contains(NUL) {
+        return Cow::Borrowed(envelope);
+    }
+    let mut cleaned = envelope.clone();
+    cleaned.id = clean(&envelope.id);
+    cleaned.source = clean(&envelope.source);
+    if in_data && let Ok(mut data) = serde_json::from_slice::<serde_json::Value>(&envelope.data) {
+        replace_nul(&mut data);
+        cleaned.data = serde_json::to_vec(&data).expect("a JSON value serializes");
+    }
+    Cow::Owned(cleaned)
+}
+
+fn clean(text: &str) -> String {
+    text.replace(NUL, "\u{fffd}")
+}
+
+fn replace_nul(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) if text.contains(NUL) => *text = clean(text),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        serde_json::Value::Object(fields) => {
+            if fields.keys().any(|k| k.contains(NUL)) {
+                *fields = std::mem::take(fields).into_iter().map(|(k, v)| (clean(&k), v)).collect();
+            }
+            fields.values_mut().for_each(replace_nul);
+        }
+        _ => {}
     }
 }
 
@@ -634,6 +689,46 @@ mod tests {
     fn connector_names_come_from_the_source() {
         assert_eq!(connector_of("/connectors/email/host-1"), "connector:email");
         assert_eq!(connector_of("/somewhere"), "connector:somewhere");
+    }
+
+    #[test]
+    fn nul_becomes_the_replacement_character_everywhere() {
+        let message = MessageReceived {
+            channel: Channel::Email,
+            channel_message_id: "<a\u{0}@x>".into(),
+            from: Address::email("a@x", Some("A\u{0}".into())),
+            to: Vec::new(),
+            cc: Vec::new(),
+            subject: Some("a\u{0}b".into()),
+            body: "\\u0000 is not U+0000".into(),
+            occurred_at: Utc::now(),
+            in_reply_to: None,
+            references: vec!["<r\u{0}@x>".into()],
+            auto_reply: false,
+            attachments: Vec::new(),
+        };
+        let mut envelope = Envelope::new("/connectors/email/\u{0}", &message, Trace::default());
+        envelope.id = "id\u{0}".into();
+        let cleaned = without_nul(&envelope);
+        assert!(matches!(cleaned, Cow::Owned(_)));
+        assert_eq!((cleaned.id.as_str(), cleaned.source.as_str()), ("id\u{fffd}", "/connectors/email/\u{fffd}"));
+        let decoded: MessageReceived = cleaned.decode().unwrap();
+        assert_eq!(decoded.channel_message_id, "<a\u{fffd}@x>");
+        assert_eq!(decoded.from.name.as_deref(), Some("A\u{fffd}"));
+        assert_eq!(decoded.subject.as_deref(), Some("a\u{fffd}b"));
+        assert_eq!(decoded.body, "\\u0000 is not U+0000", "an escaped backslash is not a NUL");
+        assert_eq!(decoded.references, vec!["<r\u{fffd}@x>".to_owned()]);
+
+        let plain = MessageReceived {
+            channel_message_id: "<b@x>".into(),
+            from: Address::email("a@x", None),
+            subject: None,
+            body: "nothing to replace".into(),
+            references: Vec::new(),
+            ..message
+        };
+        let plain = Envelope::new("/connectors/email/1", &plain, Trace::default());
+        assert!(matches!(without_nul(&plain), Cow::Borrowed(_)), "no copy when there is nothing to replace");
     }
 
     #[test]
