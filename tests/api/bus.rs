@@ -74,6 +74,7 @@ async fn bus_status_counts_queues_dead_letters_and_backlog(app: &TestApp) {
     assert_eq!((&core["queue"], &core["consumers"], &core["messages"]), (&json!("crm.core.events"), &json!(1), &json!(0)));
     assert_eq!(status["dead_letters"], json!([]));
     assert_eq!((&status["outbox"]["backlog"], &status["outbox"]["oldest_at"]), (&json!(0), &json!(null)));
+    assert_eq!(status["outbox"]["failing"], json!([]));
 
     // Two dead letters of one group, one of another; a message waiting in the outbox.
     let store = &app.db.store;

@@ -120,6 +120,7 @@ async fn metadata_list_and_delete(app: &TestApp) {
             vec!["/filename", "/mime_type"],
         ),
         (json!({"customer_id": uuid::Uuid::now_v7(), "filename": "a.jpg", "nextcloud_path": "x"}), vec!["/customer_id"]),
+        (json!({"customer_id": id(&customer), "filename": "invoice\u{202E}fdp.exe", "nextcloud_path": "x"}), vec!["/filename"]),
         (json!({"order_id": uuid::Uuid::now_v7(), "filename": "a.jpg", "nextcloud_path": "x"}), vec!["/order_id"]),
         (json!({"customer_id": id(&other), "order_id": id(&order), "filename": "a.jpg", "nextcloud_path": "x"}), vec!["/order_id"]),
     ];
@@ -219,6 +220,19 @@ async fn uploads_write_the_record_and_the_command_together(app: &TestApp) {
     let messages = outbox(app).await;
     assert_eq!(messages[0]["data"]["path"], json!(format!("orders/{}/media/{}-τιμολόγιο.bin", id(&order), id(&media))));
 
+    // A long name (220 bytes, 257 with the media id) and characters other stores refuse: the
+    // stored name is shortened and portable, the record keeps the name.
+    let long = format!("?{}.pdf", "λ".repeat(108));
+    let response =
+        upload(app, &[Part::Text("customer_id", id(&customer)), Part::File { filename: &long, content_type: None, bytes: b"abc" }]).await;
+    let media = expect_json(response, StatusCode::ACCEPTED).await;
+    assert_eq!(media["filename"], json!(long));
+    let messages = outbox(app).await;
+    let path = messages[0]["data"]["path"].as_str().expect("a path").to_owned();
+    let segment = path.rsplit('/').next().expect("a name");
+    assert_eq!(segment, crm_domain::comms::stored_file_name(id(&media), &long));
+    assert!(segment.len() <= 255 && segment.starts_with(&format!("{}-_λ", id(&media))) && segment.ends_with("λ.pdf"), "{segment}");
+
     // Refused forms write nothing.
     let cases: Vec<(Vec<Part<'_>>, Vec<&str>)> = vec![
         (vec![Part::Text("customer_id", id(&customer))], vec!["/file"]),
@@ -234,6 +248,22 @@ async fn uploads_write_the_record_and_the_command_together(app: &TestApp) {
                 Part::File { filename: "../a", content_type: None, bytes: b"x" },
             ],
             vec!["/colour", "/filename"],
+        ),
+        // Shown as "invoiceexe.pdf": invisible formatting characters are refused.
+        (
+            vec![
+                Part::Text("customer_id", id(&customer)),
+                Part::File { filename: "invoice\u{202E}fdp.exe", content_type: None, bytes: b"x" },
+            ],
+            vec!["/filename"],
+        ),
+        (
+            vec![
+                Part::Text("customer_id", id(&customer)),
+                Part::Text("filename", "a\u{200B}b.pdf"),
+                Part::File { filename: "a.pdf", content_type: None, bytes: b"x" },
+            ],
+            vec!["/filename"],
         ),
         (
             vec![
@@ -257,7 +287,7 @@ async fn uploads_write_the_record_and_the_command_together(app: &TestApp) {
     assert_eq!(pointers(&problem), ["/customer_id"]);
     assert!(outbox(app).await.is_empty(), "a refused upload wrote a command");
     let page = expect_json(get_query(app, "/api/v1/media", &[("customer_id", id(&customer))]).await, StatusCode::OK).await;
-    assert_eq!(item_ids(&page).len(), 1, "only the first upload is indexed for the customer: {page:#}");
+    assert_eq!(item_ids(&page).len(), 2, "only the first and the long-named uploads are indexed for the customer: {page:#}");
 }
 
 async fn oversized_uploads_are_refused_and_write_nothing(app: &TestApp) {

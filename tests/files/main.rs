@@ -2,7 +2,9 @@
 //! attachment of an inbound message are stored by the local files connector and come back
 //! byte-identical from `GET /api/v1/media/{id}/content`. On RabbitMQ the connector is the real
 //! `crm-connector-files-local` process; on the in-process bus it runs as a task, as inside
-//! `crm serve`.
+//! `crm serve`. Long names (up to the 255 bytes a name may have), names with characters other
+//! file stores refuse and names with invisible formatting characters are stored too: under a
+//! shortened, portable name, while the record keeps the name to show.
 
 use chrono::Utc;
 use crm_bus::message::{Address, Bytes, Channel, InboundAttachment, MessageReceived};
@@ -73,14 +75,16 @@ async fn files_come_back_byte_identical(transport: Transport, backend: Backend) 
     let customer = expect_json(customer, StatusCode::CREATED).await;
     let customer_id = id(&customer).to_owned();
 
-    // An upload over the API.
+    // An upload over the API: 228 bytes of name, 265 with the media id before it, and a ':'.
     let uploaded = payload(300_000, 7);
+    let upload_name = format!("σχέδιο: {}.bin", "λ".repeat(105));
     let form = reqwest::multipart::Form::new().text("customer_id", customer_id.clone()).part(
         "file",
-        reqwest::multipart::Part::bytes(uploaded.clone()).file_name("σχέδιο καμπαναριού.bin").mime_str("application/octet-stream").unwrap(),
+        reqwest::multipart::Part::bytes(uploaded.clone()).file_name(upload_name.clone()).mime_str("application/octet-stream").unwrap(),
     );
     let response = app.client.post(app.url("/api/v1/media")).multipart(form).send().await.unwrap();
     let media = expect_json(response, StatusCode::ACCEPTED).await;
+    assert_eq!(media["filename"], upload_name.as_str());
     let upload_id: Uuid = id(&media).parse().unwrap();
 
     // An attachment of an inbound message.
@@ -97,13 +101,23 @@ async fn files_come_back_byte_identical(transport: Transport, backend: Backend) 
         in_reply_to: None,
         references: Vec::new(),
         auto_reply: false,
-        attachments: vec![InboundAttachment {
-            filename: "καμπάνα.jpg".into(),
-            mime_type: "image/jpeg".into(),
-            size: attached.len() as u64,
-            content: Some(Bytes(attached.clone())),
-            refused: None,
-        }],
+        attachments: vec![
+            InboundAttachment {
+                filename: "καμπάνα.jpg".into(),
+                mime_type: "image/jpeg".into(),
+                size: attached.len() as u64,
+                content: Some(Bytes(attached.clone())),
+                refused: None,
+            },
+            // 254 bytes once the right-to-left override is taken out: 256 with "2-".
+            InboundAttachment {
+                filename: format!("{}\u{202E}.jpg", "λ".repeat(125)),
+                mime_type: "image/jpeg".into(),
+                size: 3,
+                content: Some(Bytes(b"abc".to_vec())),
+                refused: None,
+            },
+        ],
     };
     bus.bus.publish(&Envelope::new("/connectors/email/e2e", &message, Trace::new("req-attachment"))).await.unwrap();
     let store = &app.db.store;
@@ -120,8 +134,11 @@ async fn files_come_back_byte_identical(transport: Transport, backend: Backend) 
     let logged =
         store.list::<CommsEntry>(&Default::default()).await.unwrap().items.into_iter().find(|e| !e.data.attachments.is_empty()).unwrap();
     let attachment_id = logged.data.attachments[0].media_id.expect("the attachment has a media record");
+    let long_id = logged.data.attachments[1].media_id.expect("the attachment has a media record");
+    let long_name = format!("{}.jpg", "λ".repeat(125));
+    assert_eq!(logged.data.attachments[1].filename, long_name, "the real name, without the invisible character");
 
-    for media_id in [upload_id, attachment_id] {
+    for media_id in [upload_id, attachment_id, long_id] {
         wait_until("the file stored", WAIT, || async {
             store.get::<Media>(media_id, false).await.unwrap().data.status == MediaStatus::Stored
         })
@@ -141,6 +158,23 @@ async fn files_come_back_byte_identical(transport: Transport, backend: Backend) 
     // And the bytes on disk are the connector's, under the recorded path.
     let on_disk = std::fs::read(data_dir.join(&path)).expect("the file is where the log says");
     assert!(on_disk == attached);
+
+    // Long names: stored under a shortened, portable name; the record keeps the name to show.
+    for (media_id, name) in [(upload_id, &upload_name), (long_id, &long_name)] {
+        let media = store.get::<Media>(media_id, false).await.unwrap().data;
+        assert_eq!(&media.filename, name);
+        let path = media.nextcloud_path.expect("a stored path");
+        let segment = path.rsplit('/').next().unwrap();
+        assert!(segment.len() <= 255 && !segment.contains(':'), "{segment}");
+        let prefix = if media_id == upload_id { format!("{upload_id}-σχέδιο_ λλλ") } else { "2-λλλ".to_owned() };
+        assert!(segment.starts_with(&prefix) && segment.ends_with(&name[name.len() - 4..]), "{segment}");
+        assert!(data_dir.join(&path).is_file(), "{path}");
+    }
+    let response = app.client.get(app.url(&format!("/api/v1/media/{long_id}/content"))).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let disposition = response.headers()["content-disposition"].to_str().unwrap().to_owned();
+    assert!(disposition.ends_with(&format!("{}.jpg", "%CE%BB".repeat(125))), "{disposition}");
+    assert_eq!(response.bytes().await.unwrap().as_ref(), b"abc");
 
     match connector {
         Connector::Process(process) => drop(process),

@@ -4,6 +4,7 @@
 //! message a scenario caused against `docs/asyncapi.json` when the harness stops.
 
 mod asyncapi;
+mod relay;
 
 use chrono::Utc;
 use crm_bus::message::{Address, Channel, DeliveryState, DeliveryStatus, InboundAttachment, MessageReceived, SendMessage};

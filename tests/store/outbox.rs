@@ -4,7 +4,7 @@
 use crate::common::{assert_conflict, assert_not_found};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use crm_domain::comms::{Media, MediaDirection, MediaStatus};
-use crm_store::{ConnectorInstance, DeadLetter, OutboxMessage, Store, StoreError};
+use crm_store::{ConnectorInstance, DeadLetter, OutboxMessage, OutboxRetry, Store, StoreError};
 use crm_tests::TestDb;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -13,6 +13,7 @@ use uuid::Uuid;
 crm_tests::on_both_backends!(
     claims_are_leased_oldest_first,
     expired_leases_are_claimed_again,
+    failed_messages_back_off_while_later_ones_flow,
     concurrent_claims_are_disjoint,
     backlog_and_pruning,
     dead_letters_are_filed_once,
@@ -92,13 +93,13 @@ async fn claims_are_leased_oldest_first(db: &TestDb) {
     assert_eq!(store.outbox_backlog().await.unwrap().0, 5);
 
     // A failed publish releases the messages at once, counting the attempt.
-    store.outbox_failed(&seqs(&first), "broker unreachable").await.unwrap();
+    store.outbox_failed(&seqs(&first), "broker unreachable", OutboxRetry::Now).await.unwrap();
     let again = store.claim_outbox(10, minutes(1)).await.unwrap();
     assert_eq!(seqs(&again), seqs(&first));
     assert!(again.iter().all(|m| m.attempts == 1));
     assert_eq!(envelopes(&again), commands[..2]);
     // A very long error is kept short, and attempts keep counting.
-    store.outbox_failed(&seqs(&again)[..1], &"x".repeat(10_000)).await.unwrap();
+    store.outbox_failed(&seqs(&again)[..1], &"x".repeat(10_000), OutboxRetry::Now).await.unwrap();
     let once_more = store.claim_outbox(10, minutes(1)).await.unwrap();
     assert_eq!((seqs(&once_more), once_more[0].attempts), (seqs(&first)[..1].to_vec(), 2));
 
@@ -108,11 +109,63 @@ async fn claims_are_leased_oldest_first(db: &TestDb) {
     assert!(store.claim_outbox(10, minutes(1)).await.unwrap().is_empty());
     assert_eq!(store.outbox_backlog().await.unwrap(), (0, None));
     // A failure reported after the message was sent does not bring it back.
-    store.outbox_failed(&all, "late").await.unwrap();
+    store.outbox_failed(&all, "late", OutboxRetry::Now).await.unwrap();
     assert!(store.claim_outbox(10, minutes(1)).await.unwrap().is_empty(), "a sent message was released again");
     // Empty lists are fine.
     store.outbox_sent(&[]).await.unwrap();
-    store.outbox_failed(&[], "nothing").await.unwrap();
+    store.outbox_failed(&[], "nothing", OutboxRetry::Now).await.unwrap();
+}
+
+/// A message that failed on its own waits out a backoff doubling by its attempts (capped), while
+/// messages written after it are claimed; ops see it with its attempts and last error.
+async fn failed_messages_back_off_while_later_ones_flow(db: &TestDb) {
+    let store = &db.store;
+    let commands = enqueue(store, 3).await;
+    let claimed = store.claim_outbox(10, minutes(1)).await.unwrap();
+    assert_eq!(envelopes(&claimed), commands);
+    let (bad, good) = (claimed[1].seq, [claimed[0].seq, claimed[2].seq]);
+    let hour = OutboxRetry::Backoff { first: Duration::hours(1), max: Duration::minutes(90) };
+    let before = Utc::now();
+    store.outbox_failed(&[bad], "rejected by the broker: no queue took 'call.message.send'", hour).await.unwrap();
+    store.outbox_sent(&good).await.unwrap();
+    assert!(store.outbox_failing(10).await.unwrap().iter().all(|f| f.seq == bad));
+
+    // A message written later is claimed; the failed one waits.
+    let later = enqueue(store, 1).await;
+    assert_eq!(envelopes(&store.claim_outbox(10, minutes(1)).await.unwrap()), later);
+    let failing = store.outbox_failing(10).await.unwrap();
+    assert_eq!(failing.len(), 1);
+    let failure = &failing[0];
+    assert_eq!((failure.seq, failure.attempts), (bad, 1));
+    assert_eq!(failure.envelope_id, commands[1]["id"].as_str().unwrap());
+    assert_eq!(failure.event_type, "crm.test.command");
+    assert!(failure.last_error.contains("no queue took"), "{failure:?}");
+    let next = failure.next_attempt_at.expect("a next attempt");
+    assert!(next >= before + Duration::minutes(59) && next <= Utc::now() + Duration::hours(1), "{next}");
+
+    // The second failure doubles the wait, up to the cap.
+    let before = Utc::now();
+    store.outbox_failed(&[bad], "again", hour).await.unwrap();
+    let failure = store.outbox_failing(10).await.unwrap().remove(0);
+    assert_eq!((failure.attempts, failure.last_error.as_str()), (2, "again"));
+    let next = failure.next_attempt_at.expect("a next attempt");
+    assert!(next >= before + Duration::minutes(89) && next <= Utc::now() + Duration::minutes(90), "{next}");
+
+    // Once the backoff is over it is claimed again.
+    let short = OutboxRetry::Backoff { first: Duration::milliseconds(50), max: Duration::milliseconds(50) };
+    store.outbox_failed(&[bad], "briefly", short).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let claimed = store.claim_outbox(10, minutes(1)).await.unwrap();
+        if !claimed.is_empty() {
+            assert_eq!((seqs(&claimed), claimed[0].attempts), (vec![bad], 3));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the failed message is claimed again after its backoff");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.outbox_sent(&[bad]).await.unwrap();
+    assert!(store.outbox_failing(10).await.unwrap().is_empty(), "a sent message is no longer failing");
 }
 
 /// A relay that died holding a lease only delays its messages until the lease ends.
@@ -158,7 +211,7 @@ async fn concurrent_claims_are_disjoint(db: &TestDb) {
         assert_eq!(total, 60, "round {round}: every message claimed once");
         assert!(store.claim_outbox(100, minutes(5)).await.unwrap().is_empty());
         // Release them all and race again.
-        store.outbox_failed(&seen.into_iter().collect::<Vec<_>>(), "retry").await.unwrap();
+        store.outbox_failed(&seen.into_iter().collect::<Vec<_>>(), "retry", OutboxRetry::Now).await.unwrap();
     }
     let last = store.claim_outbox(100, minutes(5)).await.unwrap();
     assert_eq!(envelopes(&last), commands);
@@ -190,7 +243,7 @@ async fn backlog_and_pruning(db: &TestDb) {
     assert_eq!(store.prune_outbox(Duration::zero()).await.unwrap(), 2);
     assert_eq!(store.prune_outbox(Duration::zero()).await.unwrap(), 0);
     assert_eq!(store.outbox_backlog().await.unwrap().0, 1, "an unsent message is never pruned");
-    store.outbox_failed(&seqs(&claimed)[2..], "retry").await.unwrap();
+    store.outbox_failed(&seqs(&claimed)[2..], "retry", OutboxRetry::Now).await.unwrap();
     assert_eq!(seqs(&store.claim_outbox(10, minutes(1)).await.unwrap()), seqs(&claimed)[2..]);
 }
 

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use crm_bus::{BusError, Envelope, QueueStats};
 use crm_domain::Violations;
 use crm_domain::access::{Action, Area};
-use crm_store::{ConnectorInstance, DeadLetter, MAX_LIMIT, Page};
+use crm_store::{ConnectorInstance, DeadLetter, MAX_LIMIT, OutboxFailure, Page};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -173,6 +173,9 @@ pub(crate) struct OutboxStatus {
     oldest_at: Option<DateTime<Utc>>,
     /// Its age in seconds.
     oldest_age_seconds: Option<i64>,
+    /// The oldest unsent messages that failed at least once (up to 20), with their attempts and
+    /// last error: retried with backoff while the others are published.
+    failing: Vec<OutboxFailure>,
 }
 
 /// The state of the bus.
@@ -201,13 +204,14 @@ async fn bus_status(State(state): State<AppState>, ctx: Ctx) -> ApiResult<Json<B
     let dead_letters =
         ctx.store.dead_letter_counts().await?.into_iter().map(|(consumer, waiting)| DeadLetterCount { consumer, waiting }).collect();
     let (backlog, oldest_at) = ctx.store.outbox_backlog().await?;
+    let failing = ctx.store.outbox_failing(20).await?;
     Ok(Json(BusStatus {
         transport: state.bus.transport().to_owned(),
         ready: state.bus.is_ready().await,
         queues,
         queues_error,
         dead_letters,
-        outbox: OutboxStatus { backlog, oldest_at, oldest_age_seconds: oldest_at.map(|t| (Utc::now() - t).num_seconds().max(0)) },
+        outbox: OutboxStatus { backlog, oldest_at, oldest_age_seconds: oldest_at.map(|t| (Utc::now() - t).num_seconds().max(0)), failing },
     }))
 }
 

@@ -275,7 +275,7 @@ async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, request: Re
     };
     let command = StoreFile {
         media_id,
-        path: format!("{folder}/media/{media_id}-{}", media.filename),
+        path: format!("{folder}/media/{}", comms::stored_file_name(&media_id.to_string(), &media.filename)),
         mime_type: media.mime_type.clone(),
         overwrite: false,
         content: Bytes(bytes),

@@ -569,8 +569,41 @@ impl MediaInput {
     }
 }
 
+/// The longest file or folder name file stores accept, in bytes.
+pub const MAX_FILENAME_BYTES: usize = 255;
+
+/// The longest extension [`stored_file_name`] keeps when it shortens a name, in bytes.
+const MAX_EXTENSION_BYTES: usize = 16;
+
+/// Characters Windows (and so Nextcloud's clients and SMB shares) refuse in names.
+const NOT_PORTABLE: &[char] = &['<', '>', ':', '"', '|', '?', '*', '/', '\\'];
+
+/// Whether `c` is an invisible formatting character: bidirectional controls (with which
+/// `invoice\u{202E}fdp.exe` displays as `invoiceexe.pdf`), zero-width characters and joiners,
+/// the soft hyphen, the byte-order mark and the like.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
+
+/// `name` without its invisible formatting characters ([`is_invisible_format`]).
+pub fn strip_invisible(name: &str) -> String {
+    name.chars().filter(|&c| !is_invisible_format(c)).collect()
+}
+
 /// A file name safe to use as the last segment of a path in any file store: no separators,
-/// no control characters, not `.` or `..`, at most 255 bytes.
+/// no control or invisible formatting characters, not `.` or `..`, at most
+/// [`MAX_FILENAME_BYTES`]. (The stored file's name is made from it by [`stored_file_name`].)
 pub fn safe_filename(name: &str) -> Result<String, String> {
     let name = name.trim();
     if name.is_empty() {
@@ -579,10 +612,37 @@ pub fn safe_filename(name: &str) -> Result<String, String> {
     if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
         return Err("must be a plain file name (no slashes, control characters, `.` or `..`)".into());
     }
-    if name.len() > 255 {
-        return Err("must be at most 255 bytes".into());
+    if let Some(c) = name.chars().find(|&c| is_invisible_format(c)) {
+        return Err(format!("must not contain invisible formatting characters (found U+{:04X})", u32::from(c)));
+    }
+    if name.len() > MAX_FILENAME_BYTES {
+        return Err(format!("must be at most {MAX_FILENAME_BYTES} bytes"));
     }
     Ok(name.to_owned())
+}
+
+/// The name a file is stored under: `{prefix}-{filename}`, portable to every file store
+/// (characters Windows refuses, control and invisible formatting characters become `_`; no
+/// trailing dot or space) and shortened on a character boundary to [`MAX_FILENAME_BYTES`],
+/// keeping the extension. `prefix` (a media id, an attachment number) keeps names unique; the
+/// media record keeps the original name for display and downloads.
+pub fn stored_file_name(prefix: &str, filename: &str) -> String {
+    let portable: String =
+        filename.chars().map(|c| if c.is_control() || is_invisible_format(c) || NOT_PORTABLE.contains(&c) { '_' } else { c }).collect();
+    let portable = portable.trim_end_matches(['.', ' ']);
+    let portable = if portable.is_empty() { "_" } else { portable };
+    let budget = MAX_FILENAME_BYTES.saturating_sub(prefix.len() + 1);
+    let (stem, extension) = match portable.rfind('.') {
+        Some(dot) if dot > 0 && portable.len() - dot <= MAX_EXTENSION_BYTES && portable.len() - dot < budget => portable.split_at(dot),
+        _ => (portable, ""),
+    };
+    let mut end = stem.len().min(budget - extension.len());
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    let stem = &stem[..end];
+    let stem = if extension.is_empty() { stem.trim_end_matches(['.', ' ']) } else { stem };
+    format!("{prefix}-{stem}{extension}")
 }
 
 /// A MIME type of the form `type/subtype` (parameters allowed).
@@ -649,8 +709,46 @@ mod tests {
         assert!(safe_filename("a\u{0}b").is_err());
         assert!(safe_filename("..").is_err());
         assert_eq!(safe_filename(" καμπάνα.jpg ").unwrap(), "καμπάνα.jpg");
+        for invisible in ["invoice\u{202E}fdp.exe", "a\u{200B}b", "\u{FEFF}a.txt", "soft\u{00AD}hyphen", "x\u{2066}y", "x\u{061C}y"] {
+            let err = safe_filename(invisible).unwrap_err();
+            assert!(err.contains("invisible"), "{invisible:?}: {err}");
+        }
+        assert_eq!(strip_invisible("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(safe_filename(&"λ".repeat(127)).unwrap().len(), 254);
         assert!(mime_type("image/jpeg").is_ok());
         assert!(mime_type("text/plain; charset=utf-8").is_ok());
         assert!(mime_type("jpeg").is_err());
+    }
+
+    #[test]
+    fn stored_file_names_fit_and_are_portable() {
+        let id = "0195f2c1-7a4e-7c3d-9b1e-2f3a4b5c6d7e";
+        assert_eq!(stored_file_name("1", "καμπάνα.jpg"), "1-καμπάνα.jpg");
+        assert_eq!(stored_file_name(id, "a<b>c:d\"e|f?g*h.txt"), format!("{id}-a_b_c_d_e_f_g_h.txt"));
+        assert_eq!(stored_file_name("2", "invoice\u{202E}fdp.exe"), "2-invoice_fdp.exe");
+        assert_eq!(stored_file_name("3", "tab\there. . "), "3-tab_here");
+        assert_eq!(stored_file_name("4", "..."), "4-_");
+        // ~110 two-byte letters: 220 bytes + 37 = 257, over the limit by two.
+        let greek = format!("{}.pdf", "λ".repeat(110));
+        let name = stored_file_name(id, &greek);
+        assert!(name.len() <= MAX_FILENAME_BYTES, "{}", name.len());
+        assert_eq!(name.len(), MAX_FILENAME_BYTES);
+        assert!(name.starts_with(&format!("{id}-λλλ")) && name.ends_with("λ.pdf"), "{name}");
+        let name = stored_file_name(id, &format!("{}.pdf", "€".repeat(80)));
+        assert_eq!(name.len(), 254, "cut on a character boundary (3-byte letters)");
+        // Every length and mix of widths fits, keeps the extension and stays valid text.
+        for letters in [1, 100, 200, 300] {
+            for letter in ["a", "λ", "€", "😀"] {
+                let filename = format!("{}.docx", letter.repeat(letters));
+                let name = stored_file_name(id, &filename);
+                assert!(name.len() <= MAX_FILENAME_BYTES && name.ends_with(".docx"), "{letter} x {letters}: {name}");
+                assert!(name.starts_with(&format!("{id}-{letter}")));
+            }
+        }
+        // No extension, or one too long to be one: cut as a whole, no trailing dot or space.
+        let name = stored_file_name(id, &format!("{} {}", "a".repeat(217), "b".repeat(20)));
+        assert_eq!(name, format!("{id}-{}", "a".repeat(217)));
+        let long_extension = format!("report.{}", "x".repeat(300));
+        assert_eq!(stored_file_name("5", &long_extension).len(), MAX_FILENAME_BYTES);
     }
 }

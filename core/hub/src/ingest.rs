@@ -263,7 +263,8 @@ impl Ingest {
         let mut attachments = Vec::with_capacity(m.attachments.len());
         let mut files = Vec::new();
         for (index, attachment) in m.attachments.into_iter().enumerate() {
-            let filename = safe_filename(&attachment.filename).unwrap_or_else(|_| format!("attachment-{}", index + 1));
+            let filename = safe_filename(&crm_domain::comms::strip_invisible(&attachment.filename))
+                .unwrap_or_else(|_| format!("attachment-{}", index + 1));
             let mut kept = Attachment {
                 filename,
                 mime_type: attachment.mime_type.clone(),
@@ -487,7 +488,7 @@ impl Ingest {
             let kept = &mut entry.attachments[*index];
             let media_id = Uuid::now_v7();
             kept.media_id = Some(media_id);
-            let path = format!("{folder}/{}-{}", index + 1, kept.filename);
+            let path = format!("{folder}/{}", crm_domain::comms::stored_file_name(&(index + 1).to_string(), &kept.filename));
             media.push((
                 media_id,
                 Media {

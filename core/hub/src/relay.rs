@@ -1,10 +1,13 @@
 //! The outbox relay: publishes the messages the API wrote into the outbox (in the same
-//! transaction as the change that asked for them), with publisher confirms, and marks them sent.
-//! While the broker is away the messages wait in the outbox, so an outage delays commands and
-//! loses none. Several core instances may relay at once: each claims rows under a lease.
+//! transaction as the change that asked for them), with publisher confirms, and marks each one
+//! sent by its own outcome. While the broker is away the messages wait in the outbox, so an
+//! outage delays commands and loses none; a message the bus refuses (a command for a channel no
+//! connector serves) is retried with backoff while the ones after it go on. Several core
+//! instances may relay at once: each claims rows under a lease.
 
-use crm_bus::{Bus, Envelope};
-use crm_store::Store;
+use crm_bus::{Bus, BusError, Envelope};
+use crm_store::{OutboxRetry, Store};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -12,6 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a claim holds rows; a relay that died mid-publish releases them after this.
 const LEASE_SECONDS: i64 = 30;
+/// The wait before a message that could not be published (no queue takes it, no confirm in
+/// time) is tried again, doubled for each earlier failure up to [`RETRY_MAX`]; meanwhile the
+/// messages after it are published.
+const RETRY_FIRST: chrono::Duration = chrono::Duration::seconds(1);
+const RETRY_MAX: chrono::Duration = chrono::Duration::minutes(5);
 /// How often the outbox is looked at when nobody rings.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -90,19 +98,45 @@ impl Relay {
                 }
             }
         }
-        match self.bus.publish_all(&envelopes).await {
-            Ok(()) => {
-                self.store.outbox_sent(&seqs).await.map_err(|e| format!("marking sent: {e}"))?;
-                metrics::counter!("outbox_published_total").increment(seqs.len() as u64);
-                Ok(seqs.len())
+        let outcomes = self.bus.publish_each(&envelopes).await;
+        let mut sent = Vec::with_capacity(seqs.len());
+        // By error text: failed messages that failed alike are released together.
+        let mut failed: BTreeMap<String, (Vec<i64>, bool)> = BTreeMap::new();
+        for (seq, outcome) in seqs.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => sent.push(*seq),
+                Err(err) => {
+                    let entry = failed.entry(err.to_string()).or_default();
+                    entry.0.push(*seq);
+                    // The broker is away or the bus closed: every message fails alike.
+                    entry.1 = matches!(err, BusError::Unavailable(_) | BusError::Closed);
+                }
             }
-            Err(err) => {
-                let error = err.to_string();
-                // The lease would release them too; releasing now retries sooner.
-                let _ = self.store.outbox_failed(&seqs, &error).await;
-                metrics::counter!("outbox_publish_failures_total").increment(1);
-                Err(error)
+        }
+        self.store.outbox_sent(&sent).await.map_err(|e| format!("marking sent: {e}"))?;
+        metrics::counter!("outbox_published_total").increment(sent.len() as u64);
+        if failed.is_empty() {
+            return Ok(sent.len());
+        }
+        let mut unavailable = None;
+        for (error, (failed_seqs, bus_down)) in &failed {
+            metrics::counter!("outbox_publish_failures_total").increment(failed_seqs.len() as u64);
+            let retry = if *bus_down {
+                unavailable.get_or_insert_with(|| error.clone());
+                // The relay backs off as a whole; the messages keep their turn.
+                OutboxRetry::Now
+            } else {
+                tracing::warn!(%error, seqs = ?failed_seqs, "outbox relay: messages could not be published; retried later with backoff, the others go on");
+                OutboxRetry::Backoff { first: RETRY_FIRST, max: RETRY_MAX }
+            };
+            // Should this fail, the lease releases them anyway.
+            if let Err(err) = self.store.outbox_failed(failed_seqs, error, retry).await {
+                tracing::warn!(error = %err, "outbox relay: recording a failed publish failed");
             }
+        }
+        match unavailable {
+            Some(error) if sent.is_empty() => Err(error),
+            _ => Ok(sent.len()),
         }
     }
 }

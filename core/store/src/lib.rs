@@ -30,7 +30,7 @@ pub use auth::{ApiKeyFilter, RefreshOutcome, UserFilter};
 pub use comms::{Assigned, FileStored, InboundEntry, Logged, ext_key};
 pub use db::{Backend, Store, StoreConfig, redact_url};
 pub use error::StoreError;
-pub use outbox::{ConnectorInstance, DeadLetter, OutboxMessage};
+pub use outbox::{ConnectorInstance, DeadLetter, OutboxFailure, OutboxMessage, OutboxRetry};
 pub use query::{
     CommsFilter, Condition, CustomerFilter, DEFAULT_LIMIT, ListFilter, ListQuery, MAX_LIMIT, MediaFilter, OrderFilter, Page, ProductFilter,
     SortDirection,

@@ -29,6 +29,47 @@ pub struct OutboxMessage {
     pub attempts: i64,
 }
 
+/// When an outbox message that could not be published is claimed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxRetry {
+    /// At once (the bus was unavailable: every message would have failed alike, and the relay
+    /// backs off as a whole).
+    Now,
+    /// After `first`, doubled for each earlier failed attempt, at most `max`: the message itself
+    /// failed (no queue takes it, no confirm), and the messages after it keep flowing meanwhile.
+    Backoff {
+        /// After the first failure.
+        first: Duration,
+        /// The longest wait.
+        max: Duration,
+    },
+}
+
+/// `first` doubled for each failed attempt after the first, at most `max`.
+fn backoff(first: Duration, max: Duration, attempts: i64) -> Duration {
+    let doublings = u32::try_from((attempts - 1).clamp(0, 30)).unwrap_or(30);
+    first.checked_mul(1 << doublings).map_or(max, |wait| wait.min(max))
+}
+
+/// An unsent outbox message that failed at least once.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct OutboxFailure {
+    /// Its place in the outbox.
+    pub seq: i64,
+    /// The message's CloudEvents id.
+    pub envelope_id: String,
+    /// Its CloudEvents type.
+    pub event_type: String,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    /// Why the last attempt failed.
+    pub last_error: String,
+    /// Not claimed again before this.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
 /// A dead letter filed for ops.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
@@ -123,17 +164,65 @@ impl Store {
         tx.commit().await
     }
 
-    /// Releases claimed messages that could not be published, with the error, for a later try.
-    pub async fn outbox_failed(&self, seqs: &[i64], error: &str) -> Result<()> {
+    /// Releases claimed messages that could not be published, with the error (`attempts` + 1,
+    /// `last_error`), to be claimed again as `retry` says. Messages already sent are left alone.
+    pub async fn outbox_failed(&self, seqs: &[i64], error: &str, retry: OutboxRetry) -> Result<()> {
         if seqs.is_empty() {
             return Ok(());
         }
+        let error: String = error.chars().take(1_000).collect();
         let mut tx = self.begin().await?;
-        let mut sql = Sql::new("UPDATE outbox SET lease_until = NULL, attempts = attempts + 1, last_error = ");
-        sql.bind(Value::Text(Some(error.chars().take(1_000).collect()))).push(" WHERE seq IN (");
-        push_ints(&mut sql, seqs);
-        tx.execute(&sql).await?;
+        match retry {
+            OutboxRetry::Now => {
+                let mut sql = Sql::new("UPDATE outbox SET lease_until = NULL, attempts = attempts + 1, last_error = ");
+                sql.bind(Value::Text(Some(error))).push(" WHERE sent_at IS NULL AND seq IN (");
+                push_ints(&mut sql, seqs);
+                tx.execute(&sql).await?;
+            }
+            OutboxRetry::Backoff { first, max } => {
+                let mut sql = Sql::new("SELECT seq, attempts FROM outbox WHERE sent_at IS NULL AND seq IN (");
+                push_ints(&mut sql, seqs);
+                let now = now();
+                for row in tx.fetch_all(&sql).await? {
+                    let attempts = row.get::<i64>("attempts")? + 1;
+                    let mut update = Sql::new("UPDATE outbox SET attempts = ");
+                    update.bind(Value::Int(Some(attempts))).push(", last_error = ").bind(Value::Text(Some(error.clone())));
+                    update.push(", lease_until = ").bind(Value::Time(Some(now + backoff(first, max, attempts))));
+                    update.push(" WHERE seq = ").bind(Value::Int(Some(row.get::<i64>("seq")?)));
+                    tx.execute(&update).await?;
+                }
+            }
+        }
         tx.commit().await
+    }
+
+    /// Unsent outbox messages that failed at least once, oldest first, at most `limit`: what
+    /// ops look at when something is stuck.
+    pub async fn outbox_failing(&self, limit: u32) -> Result<Vec<OutboxFailure>> {
+        let sql = Sql::new(format!(
+            "SELECT seq, {} AS envelope, created_at, attempts, last_error, lease_until FROM outbox \
+             WHERE sent_at IS NULL AND attempts > 0 ORDER BY seq LIMIT {}",
+            json_text(self.backend(), "envelope"),
+            limit.clamp(1, MAX_LIMIT)
+        ));
+        let rows = self.fetch_all(&sql).await?;
+        rows.iter()
+            .map(|row| {
+                let text = row.get::<String>("envelope")?;
+                let envelope: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("outbox envelope: {e}")))?;
+                let field = |name: &str| envelope.get(name).and_then(|v| v.as_str()).unwrap_or("unknown").to_owned();
+                Ok(OutboxFailure {
+                    seq: row.get("seq")?,
+                    envelope_id: field("id"),
+                    event_type: field("type"),
+                    created_at: row.time("created_at")?.unwrap_or_default(),
+                    attempts: row.get("attempts")?,
+                    last_error: row.get::<Option<String>>("last_error")?.unwrap_or_default(),
+                    next_attempt_at: row.time("lease_until")?,
+                })
+            })
+            .collect()
     }
 
     /// How many outbox messages wait to be published, and the age of the oldest.

@@ -1,0 +1,134 @@
+//! The outbox relay marks each message by its own outcome: a command the bus refuses (for a
+//! channel no connector serves) between valid ones neither re-sends them nor blocks what is
+//! written after it; it waits out a backoff, visible to ops with its attempts and last error.
+//! On both transports and both backends, without the spy of the other scenarios (it binds every
+//! command, so nothing would be refused).
+
+use chrono::Utc;
+use crm_bus::message::{Address, Channel, SendMessage, command_group};
+use crm_bus::{Envelope, Exchange, Subscription, Trace};
+use crm_domain::comms::{Media, MediaDirection, MediaStatus};
+use crm_domain::contact::Region;
+use crm_hub::{Hub, HubConfig, NativeMatcher};
+use crm_tests::bus::{TestBus, Transport, wait_until};
+use crm_tests::{Backend, TestDb};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn send(channel: Channel, n: usize) -> serde_json::Value {
+    let message = SendMessage {
+        entry_id: Uuid::now_v7(),
+        channel,
+        to: vec![Address::email("eirini@example.gr", None)],
+        cc: Vec::new(),
+        subject: Some(format!("μήνυμα {n}")),
+        body: "Σας στέλνουμε την προσφορά.".into(),
+        body_html: None,
+        in_reply_to: None,
+        references: Vec::new(),
+        attachments: Vec::new(),
+    };
+    Envelope::new("/crm/core", &message, Trace::new(format!("req-{n}"))).to_structured()
+}
+
+fn id(envelope: &serde_json::Value) -> String {
+    envelope["id"].as_str().expect("an id").to_owned()
+}
+
+/// Writes `commands` to the outbox in one transaction (with a media record, as an upload does).
+async fn write(db: &TestDb, commands: &[serde_json::Value]) {
+    let file = Media {
+        customer_id: None,
+        order_id: None,
+        comms_id: None,
+        filename: "f.pdf".into(),
+        nextcloud_path: None,
+        mime_type: "application/pdf".into(),
+        size: None,
+        sha256: None,
+        direction: MediaDirection::Internal,
+        tags: Vec::new(),
+        uploaded_by: "user:test".into(),
+        status: MediaStatus::Pending,
+        status_reason: None,
+    };
+    db.store.create_with_commands(Uuid::now_v7(), file, commands).await.expect("written with its commands");
+}
+
+async fn a_refused_command_neither_repeats_nor_blocks_the_others(transport: Transport, backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(bus) = TestBus::new(transport).await else { return };
+    let wakeup = Arc::new(Notify::new());
+    let hub = Hub::start(db.store.clone(), bus.bus.clone(), Arc::new(NativeMatcher::new(Region::GR)), HubConfig::default(), wakeup.clone())
+        .await
+        .expect("hub starts");
+    let mut email =
+        bus.bus.subscribe(Subscription::new(command_group(Channel::Email), Exchange::Commands, &["email.#"])).await.expect("subscribed");
+
+    // No connector serves calls: the hub declares no queue for their commands.
+    let batch = [send(Channel::Email, 1), send(Channel::Call, 2), send(Channel::Email, 3)];
+    write(&db, &batch).await;
+    wakeup.notify_one();
+    let mut arrived = Vec::new();
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(WAIT, email.next()).await.expect("a valid command arrives").expect("bus open");
+        arrived.push(delivery.envelope.id.clone());
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(arrived.iter().collect::<BTreeSet<_>>(), [id(&batch[0]), id(&batch[2])].iter().collect::<BTreeSet<_>>());
+
+    // A command written later goes out, while the refused one waits.
+    let later = send(Channel::Email, 4);
+    write(&db, std::slice::from_ref(&later)).await;
+    wakeup.notify_one();
+    let delivery = tokio::time::timeout(WAIT, email.next()).await.expect("the later command arrives").expect("bus open");
+    assert_eq!(delivery.envelope.id, id(&later));
+    delivery.ack().await.unwrap();
+
+    // Ops see the refused command with its attempts and error; it is tried again after its
+    // backoff (1 s, then 2 s).
+    wait_until("the refused command is tried again", WAIT, || async {
+        db.store.outbox_failing(10).await.unwrap().first().is_some_and(|f| f.attempts >= 2)
+    })
+    .await;
+    let failing = db.store.outbox_failing(10).await.unwrap();
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    let failure = &failing[0];
+    assert_eq!(failure.envelope_id, id(&batch[1]));
+    assert!(failure.last_error.contains("rejected"), "{failure:?}");
+    assert!(failure.next_attempt_at.is_some_and(|at| at > Utc::now() - chrono::Duration::seconds(1)), "{failure:?}");
+    assert_eq!(db.store.outbox_backlog().await.unwrap().0, 1, "only the refused command is unsent");
+
+    // The valid ones went out once: the retries of the refused one did not send them again.
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), email.next()).await {
+        panic!("a command arrived twice: {}", extra.envelope.id);
+    }
+    drop(email);
+    hub.shutdown().await;
+    bus.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_sqlite() {
+    a_refused_command_neither_repeats_nor_blocks_the_others(Transport::InProcess, Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_postgres() {
+    a_refused_command_neither_repeats_nor_blocks_the_others(Transport::InProcess, Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_sqlite() {
+    a_refused_command_neither_repeats_nor_blocks_the_others(Transport::RabbitMq, Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_postgres() {
+    a_refused_command_neither_repeats_nor_blocks_the_others(Transport::RabbitMq, Backend::Postgres).await;
+}
