@@ -441,6 +441,50 @@ async fn a_message_with_70000_references_is_logged(h: &Harness) {
     assert!(letters.is_empty(), "nothing is dead-lettered: {letters:?}");
 }
 
+/// A `files.file.store` command the files connector gave up on (dead-lettered) marks its media
+/// record failed with the reason, instead of leaving it pending for ever; a later success (a
+/// replay) still makes it stored.
+async fn a_dead_lettered_store_command_fails_its_media(h: &Harness) {
+    let customer = h.customer("Ναός Αγίου Νικολάου", "nikolaos@example.gr").await;
+    let media_id = Uuid::now_v7();
+    let media =
+        crm_domain::comms::MediaInput { customer_id: Some(customer.id), filename: Some("σχέδιο.pdf".into()), ..Default::default() }
+            .parse("user:test".into(), crm_domain::comms::MediaStatus::Pending)
+            .unwrap();
+    h.store().create_with_commands(media_id, media, &[]).await.unwrap();
+    // A stand-in files connector that gives up on every command.
+    let group = crm_bus::message::command_group(Channel::Files);
+    let mut commands = h.bus().subscribe(Subscription::new(group.as_str(), Exchange::Commands, &["files.#"])).await.expect("subscribed");
+    let command = crm_bus::message::StoreFile {
+        media_id,
+        path: format!("customers/{}/media/{media_id}-σχέδιο.pdf", customer.id),
+        mime_type: "application/pdf".into(),
+        overwrite: false,
+        content: crm_bus::message::Bytes(b"%PDF".to_vec()),
+    };
+    h.bus().publish(&Envelope::new("/crm/core", &command, Trace::new("req-store"))).await.unwrap();
+    let delivery = tokio::time::timeout(WAIT, commands.next()).await.expect("the command arrives").expect("bus open");
+    delivery.dead_letter("cannot store: No space left on device").await.unwrap();
+
+    let media_of = || async { h.store().get::<crm_domain::comms::Media>(media_id, false).await.unwrap().data };
+    wait_until("the media record to be failed", WAIT, || async { media_of().await.status == crm_domain::comms::MediaStatus::Failed }).await;
+    let failed = media_of().await;
+    let reason = failed.status_reason.expect("a reason");
+    assert!(reason.contains("No space left on device") && reason.contains(&group), "{reason}");
+    let (letters, _) = h.store().dead_letters(Some("dead"), Some(&group), None, None).await.unwrap();
+    assert_eq!(letters.len(), 1, "filed for ops as well");
+
+    // Replayed, it is stored after all.
+    let result = crm_bus::message::FileResult {
+        media_id: Some(media_id),
+        path: command.path.clone(),
+        outcome: crm_bus::message::FileOutcome::Stored { size: 4, sha256: "ab".repeat(32) },
+    };
+    h.bus().publish(&connector_envelope(&result)).await.unwrap();
+    wait_until("the media record to be stored", WAIT, || async { media_of().await.status == crm_domain::comms::MediaStatus::Stored }).await;
+    assert_eq!(media_of().await.status_reason, None);
+}
+
 /// With the default matcher plugin active, the plugin decides and the entry says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_matcher_plugin_matches_inbound_messages() {
@@ -500,6 +544,7 @@ scenarios!(
     malformed_event_is_dead_lettered_with_its_reason_and_replayed_after_a_fix,
     outbound_command_reaches_the_connector_and_reports_come_back,
     file_results_update_the_media_record,
+    a_dead_lettered_store_command_fails_its_media,
     a_nul_character_is_replaced_and_spoils_no_batch,
     a_message_with_70000_references_is_logged,
 );

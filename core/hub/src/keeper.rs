@@ -1,11 +1,16 @@
 //! The dead-letter keeper: files every message a consumer gave up on (the core's ingest or any
 //! connector's command handler) into the store, where ops list, replay or discard it through the
-//! API. A message is acknowledged on the dead-letter queue only once it is filed.
+//! API. A message is acknowledged on the dead-letter queue only once it is filed. A
+//! `files.file.store` command given up on marks its media record `failed` with the reason (a
+//! replay that stores the file later still makes it `stored`), so that it does not stay
+//! `pending` for ever.
 
-use crm_bus::{Delivery, Subscriber};
-use crm_store::Store;
+use crm_bus::message::StoreFile;
+use crm_bus::{Delivery, Envelope, Message as _, Subscriber};
+use crm_store::{FileStored, Store};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 pub(crate) async fn run(store: Store, mut subscriber: Subscriber, shutdown: CancellationToken) {
     loop {
@@ -55,5 +60,20 @@ async fn file(store: &Store, delivery: &Delivery) -> Result<(), crm_store::Store
             i64::from(attempts),
             dead_at,
         )
-        .await
+        .await?;
+    if let Some(media_id) = media_to_store(envelope) {
+        let reason = format!("dead-lettered by {group} after {attempts} attempts: {reason}");
+        store.record_file_result(media_id, FileStored::Failed { reason }).await?;
+    }
+    Ok(())
+}
+
+/// The media record a `files.file.store` command was to store (also when the rest of the
+/// command is malformed).
+fn media_to_store(envelope: &Envelope) -> Option<Uuid> {
+    if envelope.kind != StoreFile::TYPE {
+        return None;
+    }
+    let data: serde_json::Value = serde_json::from_slice(&envelope.data).ok()?;
+    data.get("media_id")?.as_str()?.parse().ok()
 }
