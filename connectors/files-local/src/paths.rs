@@ -156,7 +156,7 @@ impl RelativePath {
 const NOT_PORTABLE: &[char] = &['<', '>', ':', '"', '|', '?', '*'];
 
 /// Whether `c` is an invisible formatting character: bidirectional controls (with which
-/// `invoice\u{202E}fdp.exe` displays as `invoiceexe.pdf`), zero-width characters and joiners,
+/// `invoice\u{202E}fdp.exe` displays as `invoiceexe.pdf`), zero-width spaces,
 /// the soft hyphen, the byte-order mark and the like. (The same list as the core's.)
 pub fn is_invisible_format(c: char) -> bool {
     matches!(
@@ -164,7 +164,9 @@ pub fn is_invisible_format(c: char) -> bool {
         '\u{00AD}'
             | '\u{061C}'
             | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
+            // Not the joiners U+200C and U+200D: Persian and Indic words and emoji need them.
+            | '\u{200B}'
+            | '\u{200E}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{2064}'
             | '\u{2066}'..='\u{2069}'
@@ -350,6 +352,8 @@ mod tests {
             "CONSOLE.txt",
             "com10",
             "nul_x",
+            "می\u{200C}خواهم.pdf",
+            "👨\u{200D}👩\u{200D}👧.jpg",
         ] {
             let parsed = RelativePath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_eq!(parsed.as_string(), path);

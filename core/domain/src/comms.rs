@@ -579,7 +579,7 @@ const MAX_EXTENSION_BYTES: usize = 16;
 const NOT_PORTABLE: &[char] = &['<', '>', ':', '"', '|', '?', '*', '/', '\\'];
 
 /// Whether `c` is an invisible formatting character: bidirectional controls (with which
-/// `invoice\u{202E}fdp.exe` displays as `invoiceexe.pdf`), zero-width characters and joiners,
+/// `invoice\u{202E}fdp.exe` displays as `invoiceexe.pdf`), zero-width spaces,
 /// the soft hyphen, the byte-order mark and the like.
 pub fn is_invisible_format(c: char) -> bool {
     matches!(
@@ -587,7 +587,9 @@ pub fn is_invisible_format(c: char) -> bool {
         '\u{00AD}'
             | '\u{061C}'
             | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
+            // Not the joiners U+200C and U+200D: Persian and Indic words and emoji need them.
+            | '\u{200B}'
+            | '\u{200E}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{2064}'
             | '\u{2066}'..='\u{2069}'
@@ -714,6 +716,9 @@ mod tests {
             assert!(err.contains("invisible"), "{invisible:?}: {err}");
         }
         assert_eq!(strip_invisible("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        // Joiners are part of words (Persian "می‌خواهم" has a ZWNJ) and emoji.
+        assert_eq!(safe_filename("می\u{200C}خواهم.pdf").unwrap(), "می\u{200C}خواهم.pdf");
+        assert!(safe_filename("👨\u{200D}👩\u{200D}👧.jpg").is_ok());
         assert_eq!(safe_filename(&"λ".repeat(127)).unwrap().len(), 254);
         assert!(mime_type("image/jpeg").is_ok());
         assert!(mime_type("text/plain; charset=utf-8").is_ok());
