@@ -10,7 +10,7 @@
 use chrono::Utc;
 use crm_bus::message::{Address, Bytes, Channel, MessageReceived, StoreFile};
 use crm_bus::{Bus, Envelope, Trace};
-use crm_domain::comms::{CommsEntry, Media, MediaDirection, MediaStatus};
+use crm_domain::comms::{CommsEntry, Media, MediaStatus};
 use crm_domain::contact::{ContactInput, ContactType, Region};
 use crm_domain::customer::CustomerInput;
 use crm_hub::{Hub, HubConfig, NativeMatcher};
@@ -119,21 +119,7 @@ async fn stream_survives(fault: Fault) {
                 let media_id = Uuid::now_v7();
                 let customer = customers[i % CUSTOMERS];
                 let path = format!("customers/{customer}/media/{media_id}-{i}.bin");
-                let media = Media {
-                    customer_id: Some(customer),
-                    order_id: None,
-                    comms_id: None,
-                    filename: format!("{i}.bin"),
-                    nextcloud_path: None,
-                    mime_type: "application/octet-stream".into(),
-                    size: None,
-                    sha256: None,
-                    direction: MediaDirection::Internal,
-                    tags: Vec::new(),
-                    uploaded_by: "user:test".into(),
-                    status: MediaStatus::Pending,
-                    status_reason: None,
-                };
+                let media = crm_tests::pending_media(Some(customer), &format!("{i}.bin"), "application/octet-stream");
                 let command =
                     StoreFile { media_id, path, mime_type: media.mime_type.clone(), overwrite: false, content: Bytes(content_of(i)) };
                 let envelope = Envelope::new("/crm/core", &command, Trace::new(format!("upload-{i}")));

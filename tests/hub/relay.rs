@@ -7,7 +7,6 @@
 use chrono::Utc;
 use crm_bus::message::{Address, Channel, SendMessage, command_group};
 use crm_bus::{Envelope, Exchange, Subscription, Trace};
-use crm_domain::comms::{Media, MediaDirection, MediaStatus};
 use crm_domain::contact::Region;
 use crm_hub::{Hub, HubConfig, NativeMatcher};
 use crm_tests::bus::{TestBus, Transport, wait_until};
@@ -42,21 +41,7 @@ fn id(envelope: &serde_json::Value) -> String {
 
 /// Writes `commands` to the outbox in one transaction (with a media record, as an upload does).
 async fn write(db: &TestDb, commands: &[serde_json::Value]) {
-    let file = Media {
-        customer_id: None,
-        order_id: None,
-        comms_id: None,
-        filename: "f.pdf".into(),
-        nextcloud_path: None,
-        mime_type: "application/pdf".into(),
-        size: None,
-        sha256: None,
-        direction: MediaDirection::Internal,
-        tags: Vec::new(),
-        uploaded_by: "user:test".into(),
-        status: MediaStatus::Pending,
-        status_reason: None,
-    };
+    let file = crm_tests::pending_media(None, "f.pdf", "application/pdf");
     db.store.create_with_commands(Uuid::now_v7(), file, commands).await.expect("written with its commands");
 }
 

@@ -3,7 +3,6 @@
 
 use crate::common::{assert_conflict, assert_not_found};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use crm_domain::comms::{Media, MediaDirection, MediaStatus};
 use crm_store::{ConnectorInstance, DeadLetter, OutboxMessage, OutboxRetry, Store, StoreError};
 use crm_tests::TestDb;
 use serde_json::{Value, json};
@@ -40,21 +39,7 @@ fn command(label: &str) -> Value {
 /// Writes `n` commands to the outbox (with a media record, the way a file upload does).
 async fn enqueue(store: &Store, n: usize) -> Vec<Value> {
     let commands: Vec<Value> = (0..n).map(|i| command(&format!("c{i}"))).collect();
-    let file = Media {
-        customer_id: None,
-        order_id: None,
-        comms_id: None,
-        filename: "f.jpg".into(),
-        nextcloud_path: None,
-        mime_type: "image/jpeg".into(),
-        size: None,
-        sha256: None,
-        direction: MediaDirection::Internal,
-        tags: Vec::new(),
-        uploaded_by: "user:test".into(),
-        status: MediaStatus::Pending,
-        status_reason: None,
-    };
+    let file = crm_tests::pending_media(None, "f.jpg", "image/jpeg");
     store.create_with_commands(Uuid::now_v7(), file, &commands).await.unwrap();
     commands
 }

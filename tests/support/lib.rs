@@ -16,6 +16,26 @@ use crm_store::{Store, StoreConfig};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// A media record waiting for its file (as an upload or an inbound attachment leaves it), for
+/// tests that write it with its store command.
+pub fn pending_media(customer_id: Option<uuid::Uuid>, filename: &str, mime_type: &str) -> crm_domain::comms::Media {
+    crm_domain::comms::Media {
+        customer_id,
+        order_id: None,
+        comms_id: None,
+        filename: filename.into(),
+        nextcloud_path: None,
+        mime_type: mime_type.into(),
+        size: None,
+        sha256: None,
+        direction: crm_domain::comms::MediaDirection::Internal,
+        tags: Vec::new(),
+        uploaded_by: "user:test".into(),
+        status: crm_domain::comms::MediaStatus::Pending,
+        status_reason: None,
+    }
+}
+
 /// The backends a test can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -138,17 +138,26 @@ async fn survives_a_broker_restart(ctx: Ctx) {
     assert_quiet(&mut sub).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_bus_survives_a_broker_restart() {
+/// Whether RabbitMQ runs here and `rabbitmqctl` can drive it; otherwise the `what` test is
+/// skipped with a notice (a failure under `CRM_REQUIRE_RABBITMQ=1`).
+async fn rabbitmqctl_or_skip(what: &str) -> bool {
     if crate::support::rabbit_or_skip().await.is_none() {
-        return;
+        return false;
     }
     if rabbitmqctl(&["status"]).await.is_err() {
         assert!(
             !std::env::var("CRM_REQUIRE_RABBITMQ").is_ok_and(|v| v == "1"),
             "CRM_REQUIRE_RABBITMQ=1 but rabbitmqctl cannot reach the broker"
         );
-        notice("NOTICE: RabbitMQ restart test SKIPPED: rabbitmqctl cannot reach the broker.");
+        notice(&format!("NOTICE: RabbitMQ {what} test SKIPPED: rabbitmqctl cannot reach the broker."));
+        return false;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_bus_survives_a_broker_restart() {
+    if !rabbitmqctl_or_skip("restart").await {
         return;
     }
     // No other RabbitMQ test of this binary runs while the broker restarts.
@@ -281,15 +290,7 @@ async fn refused_groups_scenario(ctx: Ctx, legacy: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_groups_the_broker_refuses_do_not_keep_the_bus_down() {
-    if crate::support::rabbit_or_skip().await.is_none() {
-        return;
-    }
-    if rabbitmqctl(&["status"]).await.is_err() {
-        assert!(
-            !std::env::var("CRM_REQUIRE_RABBITMQ").is_ok_and(|v| v == "1"),
-            "CRM_REQUIRE_RABBITMQ=1 but rabbitmqctl cannot reach the broker"
-        );
-        notice("NOTICE: RabbitMQ reconnection test SKIPPED: rabbitmqctl cannot reach the broker.");
+    if !rabbitmqctl_or_skip("reconnection").await {
         return;
     }
     run(Transport::Rabbitmq, groups_the_broker_refuses_do_not_keep_the_bus_down).await;
