@@ -68,6 +68,8 @@ impl Names {
             && !group.starts_with('.')
             && !group.ends_with('.')
             && group != DEAD_LETTER_GROUP
+            // Reserved for delay queues (earlier versions named their classic delay queues `.retry.`).
+            && !group.contains(".delay.")
             && !group.contains(".retry.");
         if !valid {
             return Err(BusError::Invalid(format!("bad group name '{group}': use 1-120 of a-z, A-Z, 0-9, '.', '-', '_'")));
@@ -80,9 +82,9 @@ impl Names {
         queue.strip_prefix(&self.prefix).and_then(|rest| rest.strip_prefix('.')).unwrap_or(queue).to_owned()
     }
 
-    /// The delay queue of a group for one backoff step, `<prefix>.<group>.retry.<ms>`.
+    /// The delay queue of a group for one backoff step, `<prefix>.<group>.delay.<ms>`.
     pub(crate) fn retry_queue(&self, group: &str, delay: Duration) -> String {
-        format!("{}.{group}.retry.{}", self.prefix, delay.as_millis())
+        format!("{}.{group}.delay.{}", self.prefix, delay.as_millis())
     }
 }
 
@@ -101,10 +103,12 @@ mod tests {
         assert_eq!(names.exchange_kind("crm.commands"), Some(Exchange::Commands));
         assert_eq!(names.exchange_kind("other.commands"), None);
         assert_eq!(names.group_queue("core.events").unwrap(), "crm.core.events");
-        assert_eq!(names.retry_queue("core.events", Duration::from_secs(5)), "crm.core.events.retry.5000");
+        assert_eq!(names.retry_queue("core.events", Duration::from_secs(5)), "crm.core.events.delay.5000");
         assert_eq!(names.dead_letter_queue(), "crm.dead-letters");
         assert!(names.group_queue("dead-letters").is_err());
         assert!(names.group_queue("a b").is_err());
+        assert!(names.group_queue("core.events.delay.50").is_err());
+        assert!(names.group_queue("core.events.retry.50").is_err());
         assert!(names.group_queue("").is_err());
         assert!(Names::new("").is_err());
     }

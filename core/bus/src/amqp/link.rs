@@ -80,11 +80,14 @@ impl Link {
             return Ok(name);
         }
         let target = shared.names.group_queue(group)?;
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+        // A quorum queue dead-letters its expired messages at least once (classic queues at most
+        // once: a broker crash in between would lose the retry); that needs `reject-publish`.
+        let mut args = quorum();
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)));
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
         args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(target.into()));
+        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+        args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
         // A channel of its own: a failed declare closes the channel it is made on.
         let channel = self.connection.create_channel().await?;
         channel.queue_declare(mapping::short(&name)?, QueueDeclareOptions::durable(), args).await?;

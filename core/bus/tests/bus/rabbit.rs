@@ -74,13 +74,14 @@ async fn undecodable_rabbitmq_messages_are_dead_lettered_with_the_reason() {
     run(Transport::Rabbitmq, undecodable_messages_are_dead_lettered).await;
 }
 
-/// Runs `rabbitmqctl` with `args`; `Err` when it cannot be run or fails.
-async fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+/// Runs `rabbitmqctl` with `args` and returns what it printed; `Err` when it cannot be run or
+/// fails.
+async fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
         let output = std::process::Command::new("rabbitmqctl").args(&args).output().map_err(|e| format!("rabbitmqctl: {e}"))?;
         if output.status.success() {
-            Ok(())
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
             Err(format!(
                 "rabbitmqctl {}: {}{}",
@@ -92,6 +93,34 @@ async fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
     })
     .await
     .expect("rabbitmqctl task")
+}
+
+/// A retry waits in a quorum delay queue that dead-letters at least once (a classic queue does
+/// it at most once: a broker crash at that moment would lose the message), and comes back.
+async fn retries_wait_in_at_least_once_delay_queues(ctx: Ctx) {
+    let mut sub = ctx.bus.subscribe(Subscription::new("core.events", Exchange::Events, &["#"])).await.unwrap();
+    let first = event("email.message.received", 1);
+    ctx.bus.publish(&first).await.unwrap();
+    recv(&mut sub).await.retry("flaky").await.unwrap();
+    let again = recv(&mut sub).await;
+    assert_eq!((&again.envelope, again.attempt), (&first, 2));
+    again.ack().await.unwrap();
+
+    let delay_queue = format!("{}.core.events.delay.50", ctx.prefix);
+    let listing = rabbitmqctl(&["list_queues", "--quiet", "--no-table-headers", "name", "type", "arguments"]).await.unwrap();
+    let line = listing.lines().find(|l| l.split_whitespace().next() == Some(delay_queue.as_str()));
+    let line = line.unwrap_or_else(|| panic!("no {delay_queue} in:\n{listing}"));
+    for expected in ["quorum", "at-least-once", "reject-publish", &format!("{}.core.events", ctx.prefix)] {
+        assert!(line.contains(expected), "{expected} missing: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_retries_wait_in_at_least_once_delay_queues() {
+    if !rabbitmqctl_or_skip("delay queue").await {
+        return;
+    }
+    run(Transport::Rabbitmq, retries_wait_in_at_least_once_delay_queues).await;
 }
 
 /// Starts the broker's application again when dropped, so a failing restart test does not
@@ -200,7 +229,7 @@ async fn removing_afterwards(queue: &str, body: impl Future<Output = ()>) {
 }
 
 async fn failed_retry_and_dead_letter_give_the_delivery_back(ctx: Ctx) {
-    let retry_queue = format!("{}.core.events.retry.50", ctx.prefix);
+    let retry_queue = format!("{}.core.events.delay.50", ctx.prefix);
     removing_afterwards(&retry_queue.clone(), failed_retry_and_dead_letter_scenario(ctx, retry_queue)).await;
 }
 
