@@ -15,6 +15,7 @@
 //! (The checks guard against what arrives in messages; another local user racing to swap
 //! directories for links between the check and the write is outside what they defend against.)
 
+use crm_domain::comms::is_invisible_format;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -154,26 +155,6 @@ impl RelativePath {
 
 /// Characters Windows refuses in names (besides `/`, `\\` and control characters).
 const NOT_PORTABLE: &[char] = &['<', '>', ':', '"', '|', '?', '*'];
-
-/// Whether `c` is an invisible formatting character: bidirectional controls (with which
-/// `invoice\u{202E}fdp.exe` displays as `invoiceexe.pdf`), zero-width spaces,
-/// the soft hyphen, the byte-order mark and the like. (The same list as the core's.)
-pub fn is_invisible_format(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{061C}'
-            | '\u{180E}'
-            // Not the joiners U+200C and U+200D: Persian and Indic words and emoji need them.
-            | '\u{200B}'
-            | '\u{200E}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-    )
-}
 
 /// Whether `name` is a Windows device name: `CON`, `PRN`, `AUX`, `NUL`, `COM0`–`COM9`,
 /// `LPT0`–`LPT9` (digits ¹²³ too), in any case, alone or before an extension or spaces.
