@@ -75,6 +75,7 @@ async fn bus_status_counts_queues_dead_letters_and_backlog(app: &TestApp) {
     assert_eq!(status["dead_letters"], json!([]));
     assert_eq!((&status["outbox"]["backlog"], &status["outbox"]["oldest_at"]), (&json!(0), &json!(null)));
     assert_eq!(status["outbox"]["failing"], json!([]));
+    assert_eq!(status["held_delivery_reports"], 0);
 
     // Two dead letters of one group, one of another; a message waiting in the outbox.
     let store = &app.db.store;
@@ -92,6 +93,11 @@ async fn bus_status_counts_queues_dead_letters_and_backlog(app: &TestApp) {
         json!([{"consumer": "connector.email.commands", "waiting": 1}, {"consumer": "core.events", "waiting": 2}])
     );
     assert_eq!(status["outbox"]["backlog"], 1);
+    // A delivery report for a channel id no entry has yet is held, and counted.
+    let held = store.record_delivery(None, Some(("whatsapp", "wamid.early")), crm_domain::comms::DeliveryStatus::Read, None).await.unwrap();
+    assert_eq!(held, crm_store::DeliveryRecorded::Held);
+    let status = expect_json(get(app, "/api/v1/bus").await, StatusCode::OK).await;
+    assert_eq!(status["held_delivery_reports"], 1);
     assert!(status["outbox"]["oldest_age_seconds"].as_i64().is_some_and(|age| (0..60).contains(&age)), "{status:#}");
 }
 

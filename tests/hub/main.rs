@@ -16,6 +16,7 @@ use crm_domain::customer::{Customer, CustomerInput};
 use crm_hub::{Hub, HubConfig, NativeMatcher};
 use crm_store::{CommsFilter, ListQuery, Store};
 use crm_tests::bus::{TestBus, Transport, wait_until};
+use crm_tests::fixtures::{customer_with_email, queued_outbound};
 use crm_tests::{Backend, TestDb};
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,12 +144,7 @@ impl Harness {
     }
 
     async fn customer(&self, name: &str, email: &str) -> Record<Customer> {
-        let input = CustomerInput {
-            name: Some(name.into()),
-            contacts: vec![ContactInput { kind: ContactType::Email, label: None, value: email.into(), primary: true }],
-            ..Default::default()
-        };
-        self.store().create(input.parse(Region::GR, Utc::now()).expect("valid customer")).await.expect("customer stored")
+        customer_with_email(self.store(), name, email).await
     }
 
     async fn entries(&self, filter: CommsFilter) -> Vec<Record<CommsEntry>> {
@@ -297,28 +293,8 @@ async fn outbound_command_reaches_the_connector_and_reports_come_back(h: &Harnes
         attachments: Vec::new(),
     };
     let command = Envelope::new("/crm/core", &send, Trace::new("req-send"));
-    let entry = CommsEntry {
-        customer_id: Some(customer.id),
-        kind: crm_domain::comms::CommsType::Email,
-        direction: crm_domain::comms::Direction::Outbound,
-        subject: send.subject.clone(),
-        body: send.body.clone(),
-        attachments: Vec::new(),
-        ext_message_id: None,
-        channel_address: None,
-        recipients: Vec::new(),
-        logged_by: "user:test".into(),
-        occurred_at: Utc::now(),
-        thread_id: Some(entry_id),
-        in_reply_to: None,
-        references: Vec::new(),
-        delivery_status: Some(crm_domain::comms::DeliveryStatus::Queued),
-        status_reason: None,
-        raw_event_id: None,
-        matched: None,
-        triage: None,
-        auto_reply: false,
-    };
+    let mut entry = queued_outbound(customer.id, crm_domain::comms::CommsType::Email, send.subject.as_deref(), &send.body);
+    entry.thread_id = Some(entry_id);
     h.store().create_with_commands(entry_id, entry, &[command.to_structured()]).await.expect("stored with its command");
 
     let delivery = tokio::time::timeout(WAIT, commands.next()).await.expect("the command arrives").expect("bus open");
@@ -358,13 +334,44 @@ async fn outbound_command_reaches_the_connector_and_reports_come_back(h: &Harnes
     assert_eq!(sent.data.delivery_status, Some(crm_domain::comms::DeliveryStatus::Delivered));
 }
 
+/// A report naming only the channel's message id can overtake the connector's "sent" report
+/// that gives the entry that id (WhatsApp's webhook is faster than the connector's own publish):
+/// it is held, and applied when "sent" arrives.
+async fn a_delivery_report_before_sent_is_applied_when_sent_arrives(h: &Harness) {
+    use crm_domain::comms::DeliveryStatus::{Read, Sent};
+    let customer = h.customer("Ναός Αγίου Δημητρίου", "dimitrios@example.gr").await;
+    let entry = queued_outbound(customer.id, crm_domain::comms::CommsType::Whatsapp, None, "Η καμπάνα είναι έτοιμη.");
+    let entry = h.store().create(entry).await.expect("logged");
+    let report = |status, entry_id| DeliveryStatus {
+        channel: Channel::Whatsapp,
+        entry_id,
+        channel_message_id: Some("wamid.HBgLMzA2OTQxMjM0NTY3FQIAERgSQzE2".into()),
+        status,
+        reason: None,
+        occurred_at: Utc::now(),
+    };
+    h.bus().publish(&connector_envelope(&report(DeliveryState::Read, None))).await.unwrap();
+    wait_until("the read report to be held", WAIT, || async { h.store().held_delivery_reports().await.unwrap() == 1 }).await;
+    assert_eq!(
+        h.store().get::<CommsEntry>(entry.id, false).await.unwrap().data.delivery_status,
+        Some(crm_domain::comms::DeliveryStatus::Queued)
+    );
+
+    h.bus().publish(&connector_envelope(&report(DeliveryState::Sent, Some(entry.id)))).await.unwrap();
+    wait_until("the held report applied", WAIT, || async {
+        h.store().get::<CommsEntry>(entry.id, false).await.unwrap().data.delivery_status == Some(Read)
+    })
+    .await;
+    assert_eq!(h.store().held_delivery_reports().await.unwrap(), 0);
+    let after = h.store().get::<CommsEntry>(entry.id, false).await.unwrap();
+    assert_eq!(after.data.ext_message_id.as_deref(), Some("wamid.HBgLMzA2OTQxMjM0NTY3FQIAERgSQzE2"));
+    assert_ne!(after.data.delivery_status, Some(Sent));
+}
+
 async fn file_results_update_the_media_record(h: &Harness) {
     let customer = h.customer("Ναός Αγίου Ανδρέα", "andreas@example.gr").await;
     let media_id = Uuid::now_v7();
-    let media =
-        crm_domain::comms::MediaInput { customer_id: Some(customer.id), filename: Some("σχέδιο.pdf".into()), ..Default::default() }
-            .parse("user:test".into(), crm_domain::comms::MediaStatus::Pending)
-            .unwrap();
+    let media = crm_tests::pending_media(Some(customer.id), "σχέδιο.pdf", "application/pdf");
     h.store().create_with_commands(media_id, media, &[]).await.unwrap();
     let result = crm_bus::message::FileResult {
         media_id: Some(media_id),
@@ -447,10 +454,7 @@ async fn a_message_with_70000_references_is_logged(h: &Harness) {
 async fn a_dead_lettered_store_command_fails_its_media(h: &Harness) {
     let customer = h.customer("Ναός Αγίου Νικολάου", "nikolaos@example.gr").await;
     let media_id = Uuid::now_v7();
-    let media =
-        crm_domain::comms::MediaInput { customer_id: Some(customer.id), filename: Some("σχέδιο.pdf".into()), ..Default::default() }
-            .parse("user:test".into(), crm_domain::comms::MediaStatus::Pending)
-            .unwrap();
+    let media = crm_tests::pending_media(Some(customer.id), "σχέδιο.pdf", "application/pdf");
     h.store().create_with_commands(media_id, media, &[]).await.unwrap();
     // A stand-in files connector that gives up on every command.
     let group = crm_bus::message::command_group(Channel::Files);
@@ -483,6 +487,48 @@ async fn a_dead_lettered_store_command_fails_its_media(h: &Harness) {
     h.bus().publish(&connector_envelope(&result)).await.unwrap();
     wait_until("the media record to be stored", WAIT, || async { media_of().await.status == crm_domain::comms::MediaStatus::Stored }).await;
     assert_eq!(media_of().await.status_reason, None);
+}
+
+/// A send command the connector gives up on fails its queued entry with the reason (filed for
+/// ops too); a later report that it was sent after all (a replay) still counts, and an entry a
+/// connector already reported sent is not failed by a dead-lettered duplicate.
+async fn a_dead_lettered_send_command_fails_its_entry(h: &Harness) {
+    let customer = h.customer("Ναός Αγίου Παύλου", "pavlos@example.gr").await;
+    let group = crm_bus::message::command_group(Channel::Sms);
+    let mut commands = h.bus().subscribe(Subscription::new(group.as_str(), Exchange::Commands, &["sms.#"])).await.expect("subscribed");
+    let send = |entry_id| SendMessage {
+        entry_id,
+        channel: Channel::Sms,
+        to: vec![Address::phone("+306941234567", None)],
+        cc: Vec::new(),
+        subject: None,
+        body: "Η καμπάνα είναι έτοιμη.".into(),
+        body_html: None,
+        in_reply_to: None,
+        references: Vec::new(),
+        attachments: Vec::new(),
+    };
+    let status_of = |id| async move { h.store().get::<CommsEntry>(id, false).await.unwrap().data };
+    let queued =
+        h.store().create(queued_outbound(customer.id, crm_domain::comms::CommsType::Sms, None, "Η καμπάνα είναι έτοιμη.")).await.unwrap();
+    let already_sent = h.store().create(queued_outbound(customer.id, crm_domain::comms::CommsType::Sms, None, "Δεύτερο.")).await.unwrap();
+    h.store().record_delivery(Some(already_sent.id), Some(("sms", "sms-2")), crm_domain::comms::DeliveryStatus::Sent, None).await.unwrap();
+
+    // The keeper files dead letters one at a time, in order: once the second has failed its
+    // entry, the first has been dealt with.
+    for id in [already_sent.id, queued.id] {
+        h.bus().publish(&Envelope::new("/crm/core", &send(id), Trace::new("req-sms"))).await.unwrap();
+        let delivery = tokio::time::timeout(WAIT, commands.next()).await.expect("the command arrives").expect("bus open");
+        delivery.dead_letter("SMS gateway: 400 invalid sender id").await.unwrap();
+    }
+    wait_until("the queued entry to fail", WAIT, || async {
+        status_of(queued.id).await.delivery_status == Some(crm_domain::comms::DeliveryStatus::Failed)
+    })
+    .await;
+    let reason = status_of(queued.id).await.status_reason.expect("a reason");
+    assert!(reason.contains("400 invalid sender id") && reason.contains(&group), "{reason}");
+    assert_eq!(h.store().dead_letters(Some("dead"), Some(&group), None, None).await.unwrap().0.len(), 2, "both filed for ops");
+    assert_eq!(status_of(already_sent.id).await.delivery_status, Some(crm_domain::comms::DeliveryStatus::Sent));
 }
 
 /// With the default matcher plugin active, the plugin decides and the entry says so.
@@ -543,8 +589,10 @@ scenarios!(
     unmatched_sender_lands_in_the_inbox_and_can_be_assigned,
     malformed_event_is_dead_lettered_with_its_reason_and_replayed_after_a_fix,
     outbound_command_reaches_the_connector_and_reports_come_back,
+    a_delivery_report_before_sent_is_applied_when_sent_arrives,
     file_results_update_the_media_record,
     a_dead_lettered_store_command_fails_its_media,
+    a_dead_lettered_send_command_fails_its_entry,
     a_nul_character_is_replaced_and_spoils_no_batch,
     a_message_with_70000_references_is_logged,
 );

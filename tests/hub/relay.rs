@@ -1,15 +1,18 @@
 //! The outbox relay marks each message by its own outcome: a command the bus refuses (for a
 //! channel no connector serves) between valid ones neither re-sends them nor blocks what is
 //! written after it; it waits out a backoff, visible to ops with its attempts and last error.
+//! One the bus can never take is filed as a dead letter and fails the entry waiting for it.
 //! On both transports and both backends, without the spy of the other scenarios (it binds every
 //! command, so nothing would be refused).
 
 use chrono::Utc;
 use crm_bus::message::{Address, Channel, SendMessage, command_group};
 use crm_bus::{Envelope, Exchange, Subscription, Trace};
+use crm_domain::comms::{CommsEntry, CommsType, DeliveryStatus};
 use crm_domain::contact::Region;
 use crm_hub::{Hub, HubConfig, NativeMatcher};
 use crm_tests::bus::{TestBus, Transport, wait_until};
+use crm_tests::fixtures::{customer_with_email, queued_outbound};
 use crm_tests::{Backend, TestDb};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -98,9 +101,55 @@ async fn a_refused_command_neither_repeats_nor_blocks_the_others(transport: Tran
     bus.cleanup().await;
 }
 
+/// A message the bus can never take (its routing key is a pattern) is not retried for ever: it
+/// is filed as a dead letter of `core.outbox` with the reason, the entry waiting for it fails
+/// with that reason, and the outbox goes on.
+async fn a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(transport: Transport, backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(bus) = TestBus::new(transport).await else { return };
+    let wakeup = Arc::new(Notify::new());
+    let hub = Hub::start(db.store.clone(), bus.bus.clone(), Arc::new(NativeMatcher::new(Region::GR)), HubConfig::default(), wakeup.clone())
+        .await
+        .expect("hub starts");
+    let mut email =
+        bus.bus.subscribe(Subscription::new(command_group(Channel::Email), Exchange::Commands, &["email.#"])).await.expect("subscribed");
+    let customer = customer_with_email(&db.store, "Ναός Αγίας Σοφίας", "sofia@example.gr").await;
+
+    let mut command = Envelope::from_structured(&send(Channel::Email, 1)).unwrap();
+    command.routing_key = "email.*.send".into();
+    let entry_id: Uuid = serde_json::from_slice::<SendMessage>(&command.data).unwrap().entry_id;
+    let entry = queued_outbound(customer.id, CommsType::Email, Some("μήνυμα 1"), "Σας στέλνουμε την προσφορά.");
+    db.store.create_with_commands(entry_id, entry, &[command.to_structured()]).await.expect("written with its command");
+    let later = send(Channel::Email, 2);
+    write(&db, std::slice::from_ref(&later)).await;
+    wakeup.notify_one();
+
+    let delivery = tokio::time::timeout(WAIT, email.next()).await.expect("the valid command arrives").expect("bus open");
+    assert_eq!(delivery.envelope.id, id(&later));
+    delivery.ack().await.unwrap();
+    wait_until("the entry to fail", WAIT, || async {
+        db.store.get::<CommsEntry>(entry_id, false).await.unwrap().data.delivery_status == Some(DeliveryStatus::Failed)
+    })
+    .await;
+    let failed = db.store.get::<CommsEntry>(entry_id, false).await.unwrap();
+    let reason = failed.data.status_reason.expect("a reason");
+    assert!(reason.contains("core.outbox") && reason.contains("bad routing key 'email.*.send'"), "{reason}");
+    assert_eq!(db.store.dead_letter_counts().await.unwrap(), vec![("core.outbox".to_owned(), 1)]);
+    assert_eq!(db.store.outbox_backlog().await.unwrap().0, 0, "nothing is left to retry");
+    assert!(db.store.outbox_failing(10).await.unwrap().is_empty());
+    drop(email);
+    hub.shutdown().await;
+    bus.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_sqlite() {
     a_refused_command_neither_repeats_nor_blocks_the_others(Transport::InProcess, Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_taken_in_process_sqlite() {
+    a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(Transport::InProcess, Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,11 +158,26 @@ async fn in_process_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_taken_in_process_postgres() {
+    a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(Transport::InProcess, Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_sqlite() {
     a_refused_command_neither_repeats_nor_blocks_the_others(Transport::RabbitMq, Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_taken_rabbitmq_sqlite() {
+    a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(Transport::RabbitMq, Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_postgres() {
     a_refused_command_neither_repeats_nor_blocks_the_others(Transport::RabbitMq, Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_taken_rabbitmq_postgres() {
+    a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(Transport::RabbitMq, Backend::Postgres).await;
 }

@@ -13,8 +13,8 @@ use crm_domain::comms::{
 use crm_domain::contact::ContactType;
 use crm_domain::customer::Customer;
 use crm_store::{
-    Actor, ActorKind, AuditQuery, CommsFilter, CustomerFilter, FileStored, InboundEntry, ListQuery, Logged, MediaFilter, SortDirection,
-    Store, StoreError, ext_key,
+    Actor, ActorKind, AuditQuery, CommsFilter, CustomerFilter, DeliveryRecorded, FileStored, HELD_REPORTS_KEPT, InboundEntry, ListQuery,
+    Logged, MediaFilter, SortDirection, Store, StoreError, ext_key,
 };
 use crm_tests::TestDb;
 use serde_json::{Value, json};
@@ -38,6 +38,8 @@ crm_tests::on_both_backends!(
     create_with_commands_is_all_or_nothing,
     delivery_status_never_moves_back,
     delivery_reports_find_their_entry,
+    early_delivery_reports_are_held,
+    long_channel_message_ids,
     concurrent_delivery_reports,
     file_results_update_media_and_attachment,
     assigning_an_unmatched_entry,
@@ -829,7 +831,7 @@ async fn delivery_status_never_moves_back(db: &TestDb) {
     let sent = store.create(outbound(customer.id, CommsType::Email, at("2026-03-01T10:00:00Z"))).await.unwrap();
     let report = |status, reason: Option<&str>| {
         let reason = reason.map(str::to_owned);
-        async move { store.record_delivery(Some(sent.id), None, status, reason).await.unwrap().expect("the entry is known") }
+        async move { store.record_delivery(Some(sent.id), None, status, reason).await.unwrap().entry().expect("the entry is known") }
     };
     let state = |r: &Record<CommsEntry>| (r.version, r.data.delivery_status, r.data.status_reason.clone());
 
@@ -848,9 +850,9 @@ async fn delivery_status_never_moves_back(db: &TestDb) {
 
     // A failure before anything else.
     let other = store.create(outbound(customer.id, CommsType::Sms, at("2026-03-01T10:00:00Z"))).await.unwrap();
-    let failed = store.record_delivery(Some(other.id), None, Failed, Some("no such number".into())).await.unwrap().unwrap();
+    let failed = store.record_delivery(Some(other.id), None, Failed, Some("no such number".into())).await.unwrap().entry().unwrap();
     assert_eq!(failed.data.delivery_status, Some(Failed));
-    let after = store.record_delivery(Some(other.id), None, Delivered, None).await.unwrap().unwrap();
+    let after = store.record_delivery(Some(other.id), None, Delivered, None).await.unwrap().entry().unwrap();
     assert_eq!(state(&after), (2, Some(Failed), Some("no such number".into())));
 
     // The rest of the entry is untouched.
@@ -867,17 +869,17 @@ async fn delivery_reports_find_their_entry(db: &TestDb) {
     let sent = store.create(outbound(customer.id, CommsType::Whatsapp, at("2026-03-01T10:00:00Z"))).await.unwrap();
 
     // The first report that names a channel id gives the entry its id...
-    let first = store.record_delivery(Some(sent.id), Some(("whatsapp", "wamid.1")), Sent, None).await.unwrap().unwrap();
+    let first = store.record_delivery(Some(sent.id), Some(("whatsapp", "wamid.1")), Sent, None).await.unwrap().entry().unwrap();
     assert_eq!(first.data.ext_message_id.as_deref(), Some("wamid.1"));
     // ... by which later reports find it.
-    let by_key = store.record_delivery(None, Some(("whatsapp", "wamid.1")), Delivered, None).await.unwrap().unwrap();
+    let by_key = store.record_delivery(None, Some(("whatsapp", "wamid.1")), Delivered, None).await.unwrap().entry().unwrap();
     assert_eq!((by_key.id, by_key.data.delivery_status), (sent.id, Some(Delivered)));
     // A later report naming another id does not replace it.
-    let other_id = store.record_delivery(Some(sent.id), Some(("whatsapp", "wamid.2")), Read, None).await.unwrap().unwrap();
+    let other_id = store.record_delivery(Some(sent.id), Some(("whatsapp", "wamid.2")), Read, None).await.unwrap().entry().unwrap();
     assert_eq!((other_id.data.ext_message_id.as_deref(), other_id.data.delivery_status), (Some("wamid.1"), Some(Read)));
-    assert!(store.record_delivery(None, Some(("whatsapp", "wamid.2")), Read, None).await.unwrap().is_none());
+    assert_eq!(store.record_delivery(None, Some(("whatsapp", "wamid.2")), Read, None).await.unwrap(), DeliveryRecorded::Held);
     // A report that changes nothing but names the id it already has writes nothing.
-    let same = store.record_delivery(Some(sent.id), Some(("whatsapp", "wamid.1")), Sent, None).await.unwrap().unwrap();
+    let same = store.record_delivery(Some(sent.id), Some(("whatsapp", "wamid.1")), Sent, None).await.unwrap().entry().unwrap();
     assert_eq!(same.version, other_id.version);
     // An inbound reply finds the thread through that id.
     let reply = InboundEntry { answers: vec![ext_key("whatsapp", "wamid.1")], ..inbound("wamid.in", "ev-in", Some(customer.id)) };
@@ -886,19 +888,112 @@ async fn delivery_reports_find_their_entry(db: &TestDb) {
     store.log_inbound(vec![reply.clone()]).await.unwrap();
     assert_eq!(entry_of(store, reply.id).await.data.thread_id, Some(sent.id));
 
-    // Unknown reports: None, and nothing written.
-    assert!(store.record_delivery(None, Some(("sms", "wamid.1")), Read, None).await.unwrap().is_none(), "channel is part of the key");
-    assert!(store.record_delivery(None, Some(("whatsapp", "nope")), Read, None).await.unwrap().is_none());
-    assert!(store.record_delivery(Some(Uuid::now_v7()), None, Read, None).await.unwrap().is_none());
-    assert!(store.record_delivery(None, None, Read, None).await.unwrap().is_none());
+    // A channel id no entry has is held (the channel is part of the key); an unknown entry id
+    // or no key at all is unknown.
+    assert_eq!(store.record_delivery(None, Some(("sms", "wamid.1")), Read, None).await.unwrap(), DeliveryRecorded::Held);
+    assert_eq!(store.record_delivery(None, Some(("whatsapp", "nope")), Read, None).await.unwrap(), DeliveryRecorded::Held);
+    assert_eq!(store.record_delivery(Some(Uuid::now_v7()), None, Read, None).await.unwrap(), DeliveryRecorded::Unknown);
+    assert_eq!(store.record_delivery(None, None, Read, None).await.unwrap(), DeliveryRecorded::Unknown);
 
     // Only outbound entries have a delivery: a report naming an inbound message changes nothing.
     let incoming = inbound("<in@x>", "ev-in-mail", Some(customer.id));
     store.log_inbound(vec![incoming.clone()]).await.unwrap();
-    assert!(store.record_delivery(Some(incoming.id), None, Read, None).await.unwrap().is_none());
-    assert!(store.record_delivery(None, Some(("email", "<in@x>")), Read, None).await.unwrap().is_none());
+    assert_eq!(store.record_delivery(Some(incoming.id), None, Read, None).await.unwrap(), DeliveryRecorded::Unknown);
+    assert_eq!(store.record_delivery(None, Some(("email", "<in@x>")), Read, None).await.unwrap(), DeliveryRecorded::Unknown);
     let unchanged = entry_of(store, incoming.id).await;
     assert_eq!((unchanged.version, unchanged.data.delivery_status), (1, None));
+}
+
+/// A report that overtakes the one naming its entry ("delivered" before "sent") is held, and
+/// applied when the entry gets its channel id; held reports of ids no entry ever gets expire.
+async fn early_delivery_reports_are_held(db: &TestDb) {
+    use DeliveryStatus::{Delivered, Failed, Read, Sent};
+    let store = &db.store;
+    let customer = create_customer(store, json!({"name": "Γιώργος"})).await;
+    let sent = store.create(outbound(customer.id, CommsType::Whatsapp, at("2026-03-01T10:00:00Z"))).await.unwrap();
+
+    // Read and delivered arrive first, naming only the channel id; delivered twice.
+    for status in [Read, Delivered, Delivered] {
+        assert_eq!(store.record_delivery(None, Some(("whatsapp", "wamid.early")), status, None).await.unwrap(), DeliveryRecorded::Held);
+    }
+    assert_eq!(entry_of(store, sent.id).await.version, 1, "nothing written to the entry yet");
+    // "sent" names the entry and the id: the held reports apply in the same write.
+    let entry = store.record_delivery(Some(sent.id), Some(("whatsapp", "wamid.early")), Sent, None).await.unwrap().entry().unwrap();
+    assert_eq!((entry.version, entry.data.delivery_status), (2, Some(Read)));
+    assert_eq!(entry.data.ext_message_id.as_deref(), Some("wamid.early"));
+    // They were used up: the same id reported again finds the entry, not a held report.
+    let again = store.record_delivery(None, Some(("whatsapp", "wamid.early")), Delivered, None).await.unwrap().entry().unwrap();
+    assert_eq!((again.version, again.data.delivery_status), (2, Some(Read)));
+
+    // A held failure is final and keeps its reason, whatever comes with the "sent".
+    let other = store.create(outbound(customer.id, CommsType::Whatsapp, at("2026-03-01T10:00:00Z"))).await.unwrap();
+    let failed = store.record_delivery(None, Some(("whatsapp", "wamid.failed")), Failed, Some("131026: not on WhatsApp".into())).await;
+    assert_eq!(failed.unwrap(), DeliveryRecorded::Held);
+    let entry = store.record_delivery(Some(other.id), Some(("whatsapp", "wamid.failed")), Sent, None).await.unwrap().entry().unwrap();
+    assert_eq!((entry.data.delivery_status, entry.data.status_reason.as_deref()), (Some(Failed), Some("131026: not on WhatsApp")));
+
+    // A held report is for its channel only, and for an entry that has no id yet.
+    let third = store.create(outbound(customer.id, CommsType::Sms, at("2026-03-01T10:00:00Z"))).await.unwrap();
+    assert_eq!(store.record_delivery(None, Some(("whatsapp", "id.3")), Read, None).await.unwrap(), DeliveryRecorded::Held);
+    let entry = store.record_delivery(Some(third.id), Some(("sms", "id.3")), Sent, None).await.unwrap().entry().unwrap();
+    assert_eq!(entry.data.delivery_status, Some(Sent));
+
+    // A report racing the "sent" that gives the entry its id is never lost between them.
+    let held_before = store.held_delivery_reports().await.unwrap();
+    assert_eq!(held_before, 1, "whatsapp:id.3");
+    for round in 0..20 {
+        let entry = store.create(outbound(customer.id, CommsType::Whatsapp, at("2026-03-01T10:00:00Z"))).await.unwrap();
+        let key = format!("wamid.race.{round}");
+        let (read, sent) = tokio::join!(
+            store.record_delivery(None, Some(("whatsapp", key.as_str())), Read, None),
+            store.record_delivery(Some(entry.id), Some(("whatsapp", key.as_str())), Sent, None),
+        );
+        assert!(matches!(read.unwrap(), DeliveryRecorded::Held | DeliveryRecorded::Entry(_)));
+        assert!(sent.unwrap().entry().is_some());
+        assert_eq!(entry_of(store, entry.id).await.data.delivery_status, Some(Read), "round {round}");
+    }
+    assert_eq!(store.held_delivery_reports().await.unwrap(), held_before, "every held report of the race was applied");
+
+    // A report older than HELD_REPORTS_KEPT is dropped when the next one is held.
+    let stale = Utc::now() - HELD_REPORTS_KEPT - Duration::hours(1);
+    store
+        .execute_raw(&format!(
+            "INSERT INTO held_delivery_reports (ext_key, status, reason, received_at) VALUES ('whatsapp:wamid.stale', 'read', NULL, '{}')",
+            stale.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.record_delivery(None, Some(("whatsapp", "wamid.new")), Read, None).await.unwrap(), DeliveryRecorded::Held);
+    let fourth = store.create(outbound(customer.id, CommsType::Whatsapp, at("2026-03-01T10:00:00Z"))).await.unwrap();
+    let entry = store.record_delivery(Some(fourth.id), Some(("whatsapp", "wamid.stale")), Sent, None).await.unwrap().entry().unwrap();
+    assert_eq!(entry.data.delivery_status, Some(Sent), "the stale report was dropped");
+}
+
+/// A channel message id too long for a unique index entry on PostgreSQL is keyed by its hash:
+/// logged, deduplicated, threaded and found by delivery reports alike on both backends.
+async fn long_channel_message_ids(db: &TestDb) {
+    let store = &db.store;
+    let customer = create_customer(store, json!({"name": "Γιώργος"})).await;
+    let long_id = format!("<{}@example.com>", "ω".repeat(4_000));
+    assert!(ext_key("email", &long_id).len() < 100);
+    assert_ne!(ext_key("email", &long_id), ext_key("email", &format!("{long_id}x")));
+    assert_eq!(ext_key("email", "<short@x>"), "email:<short@x>");
+    let item = inbound(&long_id, "ev-long", Some(customer.id));
+    assert_eq!(store.log_inbound(vec![item.clone()]).await.unwrap(), vec![Logged::Created(item.id)]);
+    // The same message again (another event id) is a duplicate.
+    let again = inbound(&long_id, "ev-long-2", Some(customer.id));
+    assert_eq!(store.log_inbound(vec![again]).await.unwrap(), vec![Logged::Duplicate(item.id)]);
+    assert_eq!(entry_of(store, item.id).await.data.ext_message_id.as_deref(), Some(long_id.as_str()));
+    // A reply to it finds the thread.
+    let reply = replying(inbound("<reply@x>", "ev-reply", Some(customer.id)), &[&long_id]);
+    store.log_inbound(vec![reply.clone()]).await.unwrap();
+    assert_eq!(entry_of(store, reply.id).await.data.thread_id, Some(item.id));
+    // An outbound entry with a long channel id gets its reports.
+    let sent = store.create(outbound(customer.id, CommsType::Whatsapp, at("2026-03-01T10:00:00Z"))).await.unwrap();
+    let long_wamid = "wamid.".to_owned() + &"A".repeat(3_000);
+    store.record_delivery(Some(sent.id), Some(("whatsapp", &long_wamid)), DeliveryStatus::Sent, None).await.unwrap();
+    let read = store.record_delivery(None, Some(("whatsapp", &long_wamid)), DeliveryStatus::Read, None).await.unwrap().entry().unwrap();
+    assert_eq!((read.id, read.data.delivery_status), (sent.id, Some(DeliveryStatus::Read)));
 }
 
 /// Reports for one entry arriving together on several consumers: none is lost, and the result
@@ -916,7 +1011,7 @@ async fn concurrent_delivery_reports(db: &TestDb) {
             store.record_delivery(Some(sent.id), Some(("email", key.as_str())), Delivered, None),
         );
         for result in [a, b, c] {
-            assert!(result.unwrap().is_some());
+            assert!(result.unwrap().entry().is_some());
         }
         let last = entry_of(store, sent.id).await;
         assert_eq!(last.data.delivery_status, Some(Read), "round {round}");

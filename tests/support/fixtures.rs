@@ -1,11 +1,14 @@
 //! Records the bus side of the core would make, written straight to the store: inbound entries
 //! of the communications log (as the ingest logs them, matched or waiting in the unmatched
-//! inbox) and dead letters filed for ops.
+//! inbox), customers and queued outbound entries, and dead letters filed for ops.
 
 use chrono::{DateTime, Utc};
 use crm_bus::message::{Address, Channel, MessageReceived};
 use crm_bus::{Envelope, Trace};
+use crm_domain::Record;
 use crm_domain::comms::{AddressKind, ChannelAddress, CommsEntry, CommsType, Direction, Triage};
+use crm_domain::contact::{ContactInput, ContactType, Region};
+use crm_domain::customer::{Customer, CustomerInput};
 use crm_store::{InboundEntry, Logged, Store};
 use uuid::Uuid;
 
@@ -40,6 +43,43 @@ pub fn inbound_email(customer: Option<Uuid>, from: &str, subject: &str, message_
         auto_reply: false,
     };
     InboundEntry { id: Uuid::now_v7(), entry, answers: Vec::new(), answers_entries: Vec::new(), media: Vec::new(), commands: Vec::new() }
+}
+
+/// Stores a Greek customer named `name` with the e-mail contact `email`.
+pub async fn customer_with_email(store: &Store, name: &str, email: &str) -> Record<Customer> {
+    let input = CustomerInput {
+        name: Some(name.into()),
+        contacts: vec![ContactInput { kind: ContactType::Email, label: None, value: email.into(), primary: true }],
+        ..Default::default()
+    };
+    store.create(input.parse(Region::GR, Utc::now()).expect("valid customer")).await.expect("customer stored")
+}
+
+/// A queued outbound message to `customer` on `kind`, as the API logs it before its command
+/// reaches the connector.
+pub fn queued_outbound(customer: Uuid, kind: CommsType, subject: Option<&str>, body: &str) -> CommsEntry {
+    CommsEntry {
+        customer_id: Some(customer),
+        kind,
+        direction: Direction::Outbound,
+        subject: subject.map(str::to_owned),
+        body: body.to_owned(),
+        attachments: Vec::new(),
+        ext_message_id: None,
+        channel_address: None,
+        recipients: Vec::new(),
+        logged_by: "user:test".into(),
+        occurred_at: Utc::now(),
+        thread_id: None,
+        in_reply_to: None,
+        references: Vec::new(),
+        delivery_status: Some(crm_domain::comms::DeliveryStatus::Queued),
+        status_reason: None,
+        raw_event_id: None,
+        matched: None,
+        triage: None,
+        auto_reply: false,
+    }
 }
 
 /// Logs `entry` and returns its id.

@@ -194,6 +194,9 @@ pub(crate) struct BusStatus {
     dead_letters: Vec<DeadLetterCount>,
     /// The outbox.
     outbox: OutboxStatus,
+    /// Delivery reports that arrived before the outbound entry they are about had their channel
+    /// message id, waiting for it (dropped after 30 days).
+    held_delivery_reports: i64,
 }
 
 async fn bus_status(State(state): State<AppState>, ctx: Ctx) -> ApiResult<Json<BusStatus>> {
@@ -212,6 +215,7 @@ async fn bus_status(State(state): State<AppState>, ctx: Ctx) -> ApiResult<Json<B
         queues_error,
         dead_letters,
         outbox: OutboxStatus { backlog, oldest_at, oldest_age_seconds: oldest_at.map(|t| (Utc::now() - t).num_seconds().max(0)), failing },
+        held_delivery_reports: ctx.store.held_delivery_reports().await?,
     }))
 }
 

@@ -120,7 +120,13 @@ impl DeliveryStatus {
         }
     }
 
-    fn rank(self) -> u8 {
+    /// The status with this wire name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Queued, Self::Sent, Self::Delivered, Self::Read, Self::Failed].into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Its place in the order statuses advance in (`failed` last: it is final).
+    pub fn rank(self) -> u8 {
         match self {
             Self::Queued => 0,
             Self::Sent => 1,

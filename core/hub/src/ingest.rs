@@ -24,7 +24,7 @@ use crm_domain::comms::{
 use crm_domain::customer::Customer;
 use crm_domain::matching::Matcher;
 use crm_domain::matching::{self, Candidate, KeyKind, LookupKey, Sender};
-use crm_store::{ConnectorInstance, FileStored, InboundEntry, Logged, Store, StoreError};
+use crm_store::{ConnectorInstance, DeliveryRecorded, FileStored, InboundEntry, Logged, Store, StoreError};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -524,11 +524,17 @@ impl Ingest {
                     DeliveryState::Failed => DeliveryStatus::Failed,
                 };
                 let key = status.channel_message_id.as_deref().map(|id| (status.channel.as_str(), id));
-                let updated = self.store.record_delivery(status.entry_id, key, state, status.reason.clone()).await?;
-                let outcome = if updated.is_some() { "status" } else { "status_unknown_message" };
-                if updated.is_none() {
-                    tracing::info!(channel_message_id = ?status.channel_message_id, "a delivery report for a message not in the log");
-                }
+                let outcome = match self.store.record_delivery(status.entry_id, key, state, status.reason.clone()).await? {
+                    DeliveryRecorded::Entry(_) => "status",
+                    DeliveryRecorded::Held => {
+                        tracing::info!(channel_message_id = ?status.channel_message_id, "a delivery report for a message id no entry has yet: held until one gets it");
+                        "status_held"
+                    }
+                    DeliveryRecorded::Unknown => {
+                        tracing::info!(entry_id = ?status.entry_id, "a delivery report for an entry not in the log");
+                        "status_unknown_message"
+                    }
+                };
                 metrics::counter!("ingest_events_total", "outcome" => outcome).increment(1);
             }
             Action::File(result) => {

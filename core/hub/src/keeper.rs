@@ -1,11 +1,11 @@
 //! The dead-letter keeper: files every message a consumer gave up on (the core's ingest or any
 //! connector's command handler) into the store, where ops list, replay or discard it through the
-//! API. A message is acknowledged on the dead-letter queue only once it is filed. A
-//! `files.file.store` command given up on marks its media record `failed` with the reason (a
-//! replay that stores the file later still makes it `stored`), so that it does not stay
-//! `pending` for ever.
+//! API. A message is acknowledged on the dead-letter queue only once it is filed. A command given
+//! up on fails what waits for it, with the reason, so that nothing stays pending for ever: a
+//! `files.file.store` command its media record (a replay that stores the file later still makes
+//! it `stored`), a `message.send` command its log entry while that is still `queued`.
 
-use crm_bus::message::StoreFile;
+use crm_bus::message::{SendMessage, StoreFile};
 use crm_bus::{Delivery, Envelope, Message as _, Subscriber};
 use crm_store::{FileStored, Store};
 use std::time::Duration;
@@ -44,11 +44,24 @@ pub(crate) async fn run(store: Store, mut subscriber: Subscriber, shutdown: Canc
 }
 
 async fn file(store: &Store, delivery: &Delivery) -> Result<(), crm_store::StoreError> {
-    let envelope = &delivery.envelope;
-    let (group, reason, attempts, dead_at) = match &delivery.dead {
-        Some(dead) => (dead.group.as_str(), dead.reason.as_str(), dead.attempts, dead.dead_at),
-        None => ("unknown", "no reason recorded", delivery.attempt, chrono::Utc::now()),
-    };
+    match &delivery.dead {
+        Some(dead) => file_given_up(store, &dead.group, &delivery.envelope, &dead.reason, dead.attempts, dead.dead_at).await,
+        None => file_given_up(store, "unknown", &delivery.envelope, "no reason recorded", delivery.attempt, chrono::Utc::now()).await,
+    }
+}
+
+/// Files `envelope`, given up on by `group` after `attempts` for `reason`, as a dead letter for
+/// ops; a command given up on fails what waits for it: a file to store fails its media record,
+/// a message to send fails its log entry while it is still `queued` (a report that it was sent
+/// wins). Also used by the outbox relay for a message the bus refuses for good.
+pub(crate) async fn file_given_up(
+    store: &Store,
+    group: &str,
+    envelope: &Envelope,
+    reason: &str,
+    attempts: u32,
+    dead_at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), crm_store::StoreError> {
     store
         .file_dead_letter(
             group,
@@ -61,19 +74,25 @@ async fn file(store: &Store, delivery: &Delivery) -> Result<(), crm_store::Store
             dead_at,
         )
         .await?;
-    if let Some(media_id) = media_to_store(envelope) {
-        let reason = format!("dead-lettered by {group} after {attempts} attempts: {reason}");
-        store.record_file_result(media_id, FileStored::Failed { reason }).await?;
+    let why = || format!("dead-lettered by {group} after {attempts} attempts: {reason}");
+    match envelope.kind.as_str() {
+        StoreFile::TYPE => {
+            if let Some(media_id) = id_field(envelope, "media_id") {
+                store.record_file_result(media_id, FileStored::Failed { reason: why() }).await?;
+            }
+        }
+        SendMessage::TYPE => {
+            if let Some(entry_id) = id_field(envelope, "entry_id") {
+                store.fail_queued_delivery(entry_id, why()).await?;
+            }
+        }
+        _ => {}
     }
     Ok(())
 }
 
-/// The media record a `files.file.store` command was to store (also when the rest of the
-/// command is malformed).
-fn media_to_store(envelope: &Envelope) -> Option<Uuid> {
-    if envelope.kind != StoreFile::TYPE {
-        return None;
-    }
+/// The id in field `name` of a command's data (also when the rest of the command is malformed).
+fn id_field(envelope: &Envelope, name: &str) -> Option<Uuid> {
     let data: serde_json::Value = serde_json::from_slice(&envelope.data).ok()?;
-    data.get("media_id")?.as_str()?.parse().ok()
+    data.get(name)?.as_str()?.parse().ok()
 }

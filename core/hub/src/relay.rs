@@ -1,10 +1,12 @@
 //! The outbox relay: publishes the messages the API wrote into the outbox (in the same
 //! transaction as the change that asked for them), with publisher confirms, and marks each one
 //! sent by its own outcome. While the broker is away the messages wait in the outbox, so an
-//! outage delays commands and loses none; a message the bus refuses (a command for a channel no
-//! connector serves) is retried with backoff while the ones after it go on. Several core
-//! instances may relay at once: each claims rows under a lease.
+//! outage delays commands and loses none; a message the broker refuses (a command for a channel
+//! no connector serves yet) is retried with backoff while the ones after it go on; one the bus
+//! can never take (an invalid routing key) is filed as a dead letter, failing what waits for it.
+//! Several core instances may relay at once: each claims rows under a lease.
 
+use crate::keeper;
 use crm_bus::{Bus, BusError, Envelope};
 use crm_store::{OutboxRetry, Store};
 use std::collections::BTreeMap;
@@ -20,6 +22,8 @@ const LEASE_SECONDS: i64 = 30;
 /// messages after it are published.
 const RETRY_FIRST: chrono::Duration = chrono::Duration::seconds(1);
 const RETRY_MAX: chrono::Duration = chrono::Duration::minutes(5);
+/// The consumer group named on dead letters the relay files itself.
+const OUTBOX_GROUP: &str = "core.outbox";
 /// How often the outbox is looked at when nobody rings.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -60,7 +64,8 @@ impl Relay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// Publishes one claimed batch; returns how many messages it published.
+    /// Publishes one claimed batch; returns how many messages it is done with (published, or
+    /// filed as dead letters).
     async fn relay_once(&self) -> Result<usize, String> {
         let claimed =
             self.store.claim_outbox(self.batch, chrono::Duration::seconds(LEASE_SECONDS)).await.map_err(|e| format!("claiming: {e}"))?;
@@ -68,12 +73,12 @@ impl Relay {
             return Ok(0);
         }
         let mut envelopes = Vec::with_capacity(claimed.len());
-        let mut seqs = Vec::with_capacity(claimed.len());
+        let mut rows = Vec::with_capacity(claimed.len());
         for message in &claimed {
             match Envelope::from_structured(&message.envelope) {
                 Ok(envelope) => {
                     envelopes.push(envelope);
-                    seqs.push(message.seq);
+                    rows.push(message);
                 }
                 Err(err) => {
                     // Cannot happen for rows the core wrote; file it for ops rather than retry forever.
@@ -82,7 +87,7 @@ impl Relay {
                     let filed = self
                         .store
                         .file_dead_letter(
-                            "core.outbox",
+                            OUTBOX_GROUP,
                             id,
                             "unknown",
                             "unknown",
@@ -99,24 +104,40 @@ impl Relay {
             }
         }
         let outcomes = self.bus.publish_each(&envelopes).await;
-        let mut sent = Vec::with_capacity(seqs.len());
+        let mut sent = Vec::with_capacity(rows.len());
+        let mut filed = Vec::new();
         // By error text: failed messages that failed alike are released together.
         let mut failed: BTreeMap<String, (Vec<i64>, bool)> = BTreeMap::new();
-        for (seq, outcome) in seqs.iter().zip(outcomes) {
+        for ((row, envelope), outcome) in rows.iter().zip(&envelopes).zip(outcomes) {
             match outcome {
-                Ok(()) => sent.push(*seq),
+                Ok(()) => sent.push(row.seq),
+                Err(BusError::Invalid(why)) => {
+                    // No retry can fix it (a routing key that cannot be one): filed for ops, and
+                    // what waits for the command fails with the reason.
+                    tracing::error!(seq = row.seq, envelope.id = %envelope.id, reason = %why, "the bus refuses an outbox message for good: filed as a dead letter");
+                    let reason = format!("the bus refuses it: {why}");
+                    let attempts = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+                    match keeper::file_given_up(&self.store, OUTBOX_GROUP, envelope, &reason, attempts, chrono::Utc::now()).await {
+                        Ok(()) => filed.push(row.seq),
+                        Err(err) => {
+                            tracing::warn!(error = %err, seq = row.seq, "outbox relay: filing a refused message failed; tried again after the lease")
+                        }
+                    }
+                }
                 Err(err) => {
                     let entry = failed.entry(err.to_string()).or_default();
-                    entry.0.push(*seq);
+                    entry.0.push(row.seq);
                     // The broker is away or the bus closed: every message fails alike.
                     entry.1 = matches!(err, BusError::Unavailable(_) | BusError::Closed);
                 }
             }
         }
-        self.store.outbox_sent(&sent).await.map_err(|e| format!("marking sent: {e}"))?;
+        self.store.outbox_sent(&[sent.as_slice(), &filed].concat()).await.map_err(|e| format!("marking sent: {e}"))?;
         metrics::counter!("outbox_published_total").increment(sent.len() as u64);
+        metrics::counter!("outbox_dead_lettered_total").increment(filed.len() as u64);
+        let done = sent.len() + filed.len();
         if failed.is_empty() {
-            return Ok(sent.len());
+            return Ok(done);
         }
         let mut unavailable = None;
         for (error, (failed_seqs, bus_down)) in &failed {
@@ -135,8 +156,8 @@ impl Relay {
             }
         }
         match unavailable {
-            Some(error) if sent.is_empty() => Err(error),
-            _ => Ok(sent.len()),
+            Some(error) if done == 0 => Err(error),
+            _ => Ok(done),
         }
     }
 }

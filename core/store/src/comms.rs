@@ -14,6 +14,7 @@ use crm_domain::Record;
 use crm_domain::comms::{AddressKind, CommsEntry, DeliveryStatus, Direction, MatchInfo, Media, MediaStatus, Triage};
 use crm_domain::contact::{Contact, ContactType};
 use crm_domain::customer::Customer;
+use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -63,10 +64,20 @@ impl ExtKey for CommsEntry {
     }
 }
 
-/// The unique key of a channel message id on a channel (`email:<id@host>`).
+/// The unique key of a channel message id on a channel (`email:<id@host>`). An id longer than
+/// [`EXT_KEY_MAX_ID_BYTES`] is keyed by its SHA-256 (`email#sha256:<hex>`): a unique index entry
+/// must fit in a third of a PostgreSQL page (~2.7 KB), and the same key is used on both backends.
 pub fn ext_key(channel: &str, channel_message_id: &str) -> String {
-    format!("{channel}:{channel_message_id}")
+    if channel_message_id.len() <= EXT_KEY_MAX_ID_BYTES {
+        format!("{channel}:{channel_message_id}")
+    } else {
+        format!("{channel}#sha256:{}", hex::encode(Sha256::digest(channel_message_id.as_bytes())))
+    }
 }
+
+/// The longest channel message id kept as it is in its key; real ones (RFC 5322 Message-IDs,
+/// WhatsApp ids) are far shorter.
+pub const EXT_KEY_MAX_ID_BYTES: usize = 512;
 
 impl Resource for Media {
     type Filter = MediaFilter;
@@ -116,6 +127,31 @@ pub enum Logged {
     /// The message was already in the log (a redelivery): nothing changed.
     Duplicate(Uuid),
 }
+
+/// What recording a delivery report did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryRecorded {
+    /// The outbound entry it is about, as the report left it.
+    Entry(Box<Record<CommsEntry>>),
+    /// It names only a channel message id that no entry has yet: held until one gets it.
+    Held,
+    /// It names no outbound entry (an unknown or deleted entry, an inbound message).
+    Unknown,
+}
+
+impl DeliveryRecorded {
+    /// The entry, when the report found one.
+    pub fn entry(self) -> Option<Record<CommsEntry>> {
+        match self {
+            Self::Entry(record) => Some(*record),
+            Self::Held | Self::Unknown => None,
+        }
+    }
+}
+
+/// How long a held delivery report waits for an entry with its channel message id (a report
+/// for a message sent outside the CRM never finds one).
+pub const HELD_REPORTS_KEPT: chrono::Duration = chrono::Duration::days(30);
 
 /// The outcome of storing a file, reported by the files connector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,42 +355,88 @@ impl Store {
 
     /// Records a delivery report for an outbound entry, found by id or by its channel key. A
     /// report never moves the status back (reports arrive out of order). The first channel
-    /// message id reported becomes the entry's, so replies to it find the thread. Returns the
-    /// entry, or `None` when no outbound entry is known for the report.
+    /// message id reported becomes the entry's, so replies to it find the thread.
+    ///
+    /// A report naming only a channel message id that no entry has yet is held: a connector can
+    /// see "delivered" before it publishes the "sent" report that names the entry. Held reports
+    /// are applied, in the same transaction, when an entry gets that id, and dropped after
+    /// [`HELD_REPORTS_KEPT`] when none does.
     pub async fn record_delivery(
         &self,
         entry_id: Option<Uuid>,
         channel_key: Option<(&str, &str)>,
         status: DeliveryStatus,
         reason: Option<String>,
-    ) -> Result<Option<Record<CommsEntry>>> {
+    ) -> Result<DeliveryRecorded> {
+        let now = now();
+        let key = channel_key.map(|(channel, message_id)| ext_key(channel, message_id));
         let mut tx = self.begin().await?;
-        let id = match (entry_id, channel_key) {
-            (Some(id), _) => Some(id),
-            (None, Some((channel, message_id))) => find_by_ext_key(&mut tx, &ext_key(channel, message_id)).await?,
-            (None, None) => None,
+        if let Some(key) = &key {
+            lock_channel_key(&mut tx, key).await?;
+        }
+        let id = match (entry_id, &key) {
+            (Some(id), _) => id,
+            (None, Some(key)) => match find_by_ext_key(&mut tx, key).await? {
+                Some(id) => id,
+                None => {
+                    hold_report(&mut tx, key, status, reason.as_deref(), now).await?;
+                    tx.commit().await?;
+                    return Ok(DeliveryRecorded::Held);
+                }
+            },
+            (None, None) => return Ok(DeliveryRecorded::Unknown),
         };
-        let Some(id) = id else { return Ok(None) };
         let current = match load_locked::<CommsEntry>(&mut tx, id, None).await {
             Ok(current) if current.data.direction == Direction::Outbound => current,
-            Ok(_) | Err(StoreError::NotFound) => return Ok(None),
+            Ok(_) | Err(StoreError::NotFound) => return Ok(DeliveryRecorded::Unknown),
             Err(err) => return Err(err),
         };
         let mut next = current.data.clone();
-        if let (None, Some((_, message_id))) = (&next.ext_message_id, channel_key) {
+        let mut reports = vec![(status, reason)];
+        if let (None, Some((_, message_id)), Some(key)) = (&next.ext_message_id, channel_key, &key) {
             next.ext_message_id = Some(message_id.to_owned());
+            reports.extend(take_held_reports(&mut tx, key).await?);
         }
-        let from = next.delivery_status.unwrap_or(DeliveryStatus::Queued);
-        if from.advances_to(status) {
-            next.delivery_status = Some(status);
-            next.status_reason = reason;
+        for (status, reason) in reports {
+            if next.delivery_status.unwrap_or(DeliveryStatus::Queued).advances_to(status) {
+                next.delivery_status = Some(status);
+                next.status_reason = reason;
+            }
         }
         if next == current.data {
-            return Ok(Some(current));
+            tx.commit().await?;
+            return Ok(DeliveryRecorded::Entry(Box::new(current)));
         }
+        let record = overwrite(&mut tx, &current, next, now).await?;
+        tx.commit().await?;
+        Ok(DeliveryRecorded::Entry(Box::new(record)))
+    }
+
+    /// Marks an outbound entry `failed` with `reason` when it is still `queued`: its send command
+    /// was given up on. An entry that got further (a connector reported it sent) is left alone.
+    /// Returns the entry when it changed.
+    pub async fn fail_queued_delivery(&self, entry_id: Uuid, reason: String) -> Result<Option<Record<CommsEntry>>> {
+        let mut tx = self.begin().await?;
+        let current = match load_locked::<CommsEntry>(&mut tx, entry_id, Some(false)).await {
+            Ok(current) => current,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        if current.data.direction != Direction::Outbound || current.data.delivery_status != Some(DeliveryStatus::Queued) {
+            return Ok(None);
+        }
+        let mut next = current.data.clone();
+        next.delivery_status = Some(DeliveryStatus::Failed);
+        next.status_reason = Some(reason);
         let record = overwrite(&mut tx, &current, next, now()).await?;
         tx.commit().await?;
         Ok(Some(record))
+    }
+
+    /// How many delivery reports are held, waiting for an entry with their channel message id.
+    pub async fn held_delivery_reports(&self) -> Result<i64> {
+        let rows = self.fetch_all(&Sql::new("SELECT COUNT(*) AS n FROM held_delivery_reports")).await?;
+        rows.first().ok_or_else(|| StoreError::Corrupt("no count".into()))?.get("n")
     }
 
     /// Records what the file store did with a media record's file, on the media record and on
@@ -600,6 +682,57 @@ async fn insert_entries(tx: &mut Tx, items: &[&InboundEntry], now: chrono::DateT
     }
     sql.push(" ON CONFLICT DO NOTHING RETURNING id");
     tx.fetch_all(&sql).await?.iter().map(|row| row.uuid("id")).collect()
+}
+
+/// Serializes the reports naming one channel key, so that a report held as the entry gets that
+/// key is never missed by both: either it finds the entry, or the entry's transaction finds it
+/// held. (PostgreSQL: a transaction-scoped advisory lock; SQLite has one writer at a time.)
+async fn lock_channel_key(tx: &mut Tx, key: &str) -> Result<()> {
+    if tx.backend() == crate::Backend::Postgres {
+        let mut sql = Sql::new("SELECT pg_advisory_xact_lock(hashtextextended(");
+        sql.bind(Value::Text(Some(key.to_owned()))).push(", 0))");
+        tx.execute(&sql).await?;
+    }
+    Ok(())
+}
+
+/// Keeps a report for a channel message id no entry has yet (once per status), and drops the
+/// held reports older than [`HELD_REPORTS_KEPT`].
+async fn hold_report(
+    tx: &mut Tx,
+    key: &str,
+    status: DeliveryStatus,
+    reason: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    let mut sql = Sql::new("DELETE FROM held_delivery_reports WHERE received_at < ");
+    sql.bind(Value::Time(Some(now - HELD_REPORTS_KEPT)));
+    tx.execute(&sql).await?;
+    let mut sql = Sql::new("INSERT INTO held_delivery_reports (ext_key, status, reason, received_at) VALUES (");
+    sql.bind(Value::Text(Some(key.to_owned())))
+        .push(", ")
+        .bind(Value::Text(Some(status.as_str().to_owned())))
+        .push(", ")
+        .bind(Value::Text(reason.map(str::to_owned)))
+        .push(", ")
+        .bind(Value::Time(Some(now)))
+        .push(") ON CONFLICT (ext_key, status) DO NOTHING");
+    tx.execute(&sql).await?;
+    Ok(())
+}
+
+/// Removes and returns the reports held for `key`, in the order the statuses advance.
+async fn take_held_reports(tx: &mut Tx, key: &str) -> Result<Vec<(DeliveryStatus, Option<String>)>> {
+    let mut sql = Sql::new("DELETE FROM held_delivery_reports WHERE ext_key = ");
+    sql.bind(Value::Text(Some(key.to_owned()))).push(" RETURNING status, reason");
+    let mut held = Vec::new();
+    for row in tx.fetch_all(&sql).await? {
+        let status: String = row.get("status")?;
+        let status = DeliveryStatus::from_name(&status).ok_or_else(|| StoreError::Corrupt(format!("held report status `{status}`")))?;
+        held.push((status, row.get::<Option<String>>("reason")?));
+    }
+    held.sort_by_key(|(status, _)| status.rank());
+    Ok(held)
 }
 
 async fn find_by_ext_key(tx: &mut Tx, key: &str) -> Result<Option<Uuid>> {
