@@ -5,19 +5,23 @@
 
 use crate::{expect_json, expect_problem, get, get_query, id, item_ids, pointers, post};
 use chrono::{Duration, Utc};
-use crm_bus::{Exchange, Subscription};
+use crm_bus::message::{Address, Channel, SendMessage, command_group};
+use crm_bus::{Envelope, Exchange, Subscription, Trace};
 use crm_domain::access::Role;
+use crm_domain::comms::{CommsEntry, DeliveryStatus};
 use crm_store::ConnectorInstance;
 use crm_tests::TestApp;
 use crm_tests::fixtures::{file_dead_letter, received_email};
 use reqwest::StatusCode;
 use serde_json::json;
+use uuid::Uuid;
 
 crm_tests::api_on_both_backends!(
     connectors_show_their_instances,
     bus_status_counts_queues_dead_letters_and_backlog,
     dead_letters_are_listed_and_discarded_once,
     replay_puts_the_message_back_on_its_queue,
+    replaying_a_failed_send_puts_its_entry_back_in_line,
     only_those_with_the_connectors_permission,
 );
 
@@ -193,6 +197,59 @@ async fn replay_puts_the_message_back_on_its_queue(app: &TestApp) {
     assert_eq!(pointers(&problem), ["/consumer"]);
     let letter = expect_json(get(app, &format!("/api/v1/bus/dead-letters/{orphan}")).await, StatusCode::OK).await;
     assert_eq!(letter["status"], "dead");
+}
+
+/// A send the keeper failed (its command dead-lettered) is `queued` again once ops replay the
+/// command, so the connector's "sent" is not ignored; a replay that cannot go out leaves it
+/// failed with its reason.
+async fn replaying_a_failed_send_puts_its_entry_back_in_line(app: &TestApp) {
+    let store = &app.db.store;
+    let mut commands =
+        app.bus.subscribe(Subscription::new(command_group(Channel::Sms), Exchange::Commands, &["sms.#"])).await.expect("subscribe");
+    let customer =
+        crate::create(app, "/api/v1/customers", &json!({"name": "Στέλιος", "contacts": [{"type": "phone", "value": "694 123 4567"}]}))
+            .await;
+    let messages = format!("/api/v1/customers/{}/messages", id(&customer));
+    let messages = &messages;
+    let failed_send = |consumer: &'static str| async move {
+        let response = post(app, messages, &json!({"channel": "sms", "body": "Γεια"})).await;
+        let entry_id: Uuid = id(&expect_json(response, StatusCode::ACCEPTED).await).parse().unwrap();
+        let command = SendMessage {
+            entry_id,
+            channel: Channel::Sms,
+            to: vec![Address::phone("+306941234567", None)],
+            cc: Vec::new(),
+            subject: None,
+            body: "Γεια".into(),
+            body_html: None,
+            in_reply_to: None,
+            references: Vec::new(),
+            attachments: Vec::new(),
+        };
+        let envelope = Envelope::new("/crm/core", &command, Trace::new("req-send"));
+        let reason = format!("dead-lettered by {consumer} after 5 attempts: 400 invalid sender id");
+        store.fail_queued_delivery(entry_id, reason.clone()).await.unwrap().expect("failed");
+        (entry_id, file_dead_letter(store, consumer, &envelope, "400 invalid sender id").await, reason)
+    };
+    let state = |entry_id| async move {
+        let data = store.get::<CommsEntry>(entry_id, false).await.unwrap().data;
+        (data.delivery_status, data.status_reason)
+    };
+
+    let (entry_id, letter, _) = failed_send("connector.sms.commands").await;
+    expect_json(post(app, &format!("/api/v1/bus/dead-letters/{letter}/replay"), &json!({})).await, StatusCode::OK).await;
+    assert_eq!(state(entry_id).await, (Some(DeliveryStatus::Queued), None));
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(5), commands.next()).await.expect("in time").expect("a delivery");
+    assert_eq!(delivery.envelope.decode::<SendMessage>().unwrap().entry_id, entry_id);
+    delivery.ack().await.unwrap();
+    // The connector's report now counts.
+    store.record_delivery(Some(entry_id), Some(("sms", "sms-1")), DeliveryStatus::Sent, None).await.unwrap();
+    assert_eq!(state(entry_id).await, (Some(DeliveryStatus::Sent), None));
+
+    // Nobody takes the replay: the entry stays failed, with its reason.
+    let (entry_id, letter, reason) = failed_send("connector.fax.commands").await;
+    expect_problem(post(app, &format!("/api/v1/bus/dead-letters/{letter}/replay"), &json!({})).await, StatusCode::CONFLICT).await;
+    assert_eq!(state(entry_id).await, (Some(DeliveryStatus::Failed), Some(reason)));
 }
 
 async fn only_those_with_the_connectors_permission(app: &TestApp) {

@@ -988,6 +988,16 @@ async fn long_channel_message_ids(db: &TestDb) {
     let reply = replying(inbound("<reply@x>", "ev-reply", Some(customer.id)), &[&long_id]);
     store.log_inbound(vec![reply.clone()]).await.unwrap();
     assert_eq!(entry_of(store, reply.id).await.data.thread_id, Some(item.id));
+    // An entry logged before long ids were hashed (its key is the id itself; PostgreSQL took
+    // those up to ~2.7 KB) is re-keyed by the migration step, so its redelivery stays a duplicate.
+    let legacy_id = format!("<{}@legacy.example.com>", "a".repeat(1_000));
+    let legacy = inbound(&legacy_id, "ev-legacy", Some(customer.id));
+    store.log_inbound(vec![legacy.clone()]).await.unwrap();
+    store.execute_raw(&format!("UPDATE comms_log SET ext_key = 'email:{legacy_id}' WHERE id = '{}'", legacy.id)).await.unwrap();
+    store.migrate().await.unwrap();
+    let redelivered = inbound(&legacy_id, "ev-legacy-2", Some(customer.id));
+    assert_eq!(store.log_inbound(vec![redelivered]).await.unwrap(), vec![Logged::Duplicate(legacy.id)]);
+
     // An outbound entry with a long channel id gets its reports.
     let sent = store.create(outbound(customer.id, CommsType::Whatsapp, at("2026-03-01T10:00:00Z"))).await.unwrap();
     let long_wamid = "wamid.".to_owned() + &"A".repeat(3_000);

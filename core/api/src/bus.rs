@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use crm_bus::message::WaitingRecord;
 use crm_bus::{BusError, Envelope, QueueStats};
 use crm_domain::Violations;
 use crm_domain::access::{Action, Area};
@@ -306,7 +307,7 @@ pub(crate) struct ReplayRequest {
 }
 
 /// Puts a dead letter back on its consumer group's queue (as a first attempt, with new data if
-/// given) and marks it replayed.
+/// given) and marks it replayed. A replayed send puts its failed log entry back to `queued`.
 async fn replay(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -332,12 +333,24 @@ async fn replay(
         }
         envelope.data = serde_json::to_vec(&data).map_err(ApiError::internal)?;
     }
-    state.bus.replay(&letter.consumer, &envelope).await.map_err(|err| match err {
-        BusError::Invalid(detail) | BusError::Rejected(detail) => {
-            ApiError::Conflict { pointer: Some("/consumer".into()), detail: format!("cannot replay to {}: {detail}", letter.consumer) }
+    // A send the keeper failed waits again; put back as it was should the replay not go out.
+    let requeued = match WaitingRecord::of(&envelope) {
+        Some(WaitingRecord::Entry(entry_id)) => ctx.store.requeue_failed_delivery(entry_id).await?.map(|reason| (entry_id, reason)),
+        Some(WaitingRecord::Media(_)) | None => None,
+    };
+    if let Err(err) = state.bus.replay(&letter.consumer, &envelope).await {
+        if let Some((entry_id, reason)) = requeued {
+            ctx.store.fail_queued_delivery(entry_id, reason).await?;
         }
-        other => ApiError::ConnectorUnavailable { detail: format!("the message bus cannot take the message: {other}"), retry_after: 10 },
-    })?;
+        return Err(match err {
+            BusError::Invalid(detail) | BusError::Rejected(detail) => {
+                ApiError::Conflict { pointer: Some("/consumer".into()), detail: format!("cannot replay to {}: {detail}", letter.consumer) }
+            }
+            other => {
+                ApiError::ConnectorUnavailable { detail: format!("the message bus cannot take the message: {other}"), retry_after: 10 }
+            }
+        });
+    }
     tracing::info!(dead_letter = %id, consumer = %letter.consumer, envelope.id = %envelope.id, "dead letter replayed");
     Ok(Json(ctx.store.resolve_dead_letter(id, "replayed", &ctx.principal.label()).await.map_err(|e| no_dead_letter(e, id))?))
 }

@@ -411,6 +411,32 @@ pub fn entry_of_message_id(message_id: &str) -> Option<Uuid> {
     Uuid::parse_str(local.strip_prefix("crm.")?).ok()
 }
 
+/// The record a command is for, which waits on it: what a command given up on fails, and what
+/// a replay of it puts back in line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitingRecord {
+    /// The media record whose file a `files.file.store` command stores.
+    Media(Uuid),
+    /// The outbound log entry a `message.send` command sends.
+    Entry(Uuid),
+}
+
+impl WaitingRecord {
+    /// The record `command` is for, read from its data even when the rest of it is malformed
+    /// (a dead letter's data may be).
+    pub fn of(command: &crate::Envelope) -> Option<Self> {
+        let id = |name: &str| -> Option<Uuid> {
+            let data: serde_json::Value = serde_json::from_slice(&command.data).ok()?;
+            data.get(name)?.as_str()?.parse().ok()
+        };
+        match command.kind.as_str() {
+            StoreFile::TYPE => id("media_id").map(Self::Media),
+            SendMessage::TYPE => id("entry_id").map(Self::Entry),
+            _ => None,
+        }
+    }
+}
+
 /// Command: make sure a folder exists in the file store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -3,14 +3,14 @@
 //! API. A message is acknowledged on the dead-letter queue only once it is filed. A command given
 //! up on fails what waits for it, with the reason, so that nothing stays pending for ever: a
 //! `files.file.store` command its media record (a replay that stores the file later still makes
-//! it `stored`), a `message.send` command its log entry while that is still `queued`.
+//! it `stored`), a `message.send` command its log entry while that is still `queued` (replaying
+//! the command puts the entry back to `queued`).
 
-use crm_bus::message::{SendMessage, StoreFile};
-use crm_bus::{Delivery, Envelope, Message as _, Subscriber};
+use crm_bus::message::WaitingRecord;
+use crm_bus::{Delivery, Envelope, Subscriber};
 use crm_store::{FileStored, Store};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 pub(crate) async fn run(store: Store, mut subscriber: Subscriber, shutdown: CancellationToken) {
     loop {
@@ -75,24 +75,14 @@ pub(crate) async fn file_given_up(
         )
         .await?;
     let why = || format!("dead-lettered by {group} after {attempts} attempts: {reason}");
-    match envelope.kind.as_str() {
-        StoreFile::TYPE => {
-            if let Some(media_id) = id_field(envelope, "media_id") {
-                store.record_file_result(media_id, FileStored::Failed { reason: why() }).await?;
-            }
+    match WaitingRecord::of(envelope) {
+        Some(WaitingRecord::Media(media_id)) => {
+            store.record_file_result(media_id, FileStored::Failed { reason: why() }).await?;
         }
-        SendMessage::TYPE => {
-            if let Some(entry_id) = id_field(envelope, "entry_id") {
-                store.fail_queued_delivery(entry_id, why()).await?;
-            }
+        Some(WaitingRecord::Entry(entry_id)) => {
+            store.fail_queued_delivery(entry_id, why()).await?;
         }
-        _ => {}
+        None => {}
     }
     Ok(())
-}
-
-/// The id in field `name` of a command's data (also when the rest of the command is malformed).
-fn id_field(envelope: &Envelope, name: &str) -> Option<Uuid> {
-    let data: serde_json::Value = serde_json::from_slice(&envelope.data).ok()?;
-    data.get(name)?.as_str()?.parse().ok()
 }

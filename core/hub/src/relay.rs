@@ -117,7 +117,9 @@ impl Relay {
                     tracing::error!(seq = row.seq, envelope.id = %envelope.id, reason = %why, "the bus refuses an outbox message for good: filed as a dead letter");
                     let reason = format!("the bus refuses it: {why}");
                     let attempts = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
-                    match keeper::file_given_up(&self.store, OUTBOX_GROUP, envelope, &reason, attempts, chrono::Utc::now()).await {
+                    // Dead at the envelope's time, not now: filing it again (the process died
+                    // before the row was marked) finds the same dead letter.
+                    match keeper::file_given_up(&self.store, OUTBOX_GROUP, envelope, &reason, attempts, envelope.time).await {
                         Ok(()) => filed.push(row.seq),
                         Err(err) => {
                             tracing::warn!(error = %err, seq = row.seq, "outbox relay: filing a refused message failed; tried again after the lease")

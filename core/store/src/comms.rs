@@ -395,7 +395,7 @@ impl Store {
         let mut reports = vec![(status, reason)];
         if let (None, Some((_, message_id)), Some(key)) = (&next.ext_message_id, channel_key, &key) {
             next.ext_message_id = Some(message_id.to_owned());
-            reports.extend(take_held_reports(&mut tx, key).await?);
+            reports.extend(take_held_reports(&mut tx, key, now).await?);
         }
         for (status, reason) in reports {
             if next.delivery_status.unwrap_or(DeliveryStatus::Queued).advances_to(status) {
@@ -431,6 +431,27 @@ impl Store {
         let record = overwrite(&mut tx, &current, next, now()).await?;
         tx.commit().await?;
         Ok(Some(record))
+    }
+
+    /// Puts a `failed` outbound entry back to `queued`: its send command is being replayed.
+    /// Returns the reason it had failed with (to restore should the replay not go out), or
+    /// `None` when the entry was not failed.
+    pub async fn requeue_failed_delivery(&self, entry_id: Uuid) -> Result<Option<String>> {
+        let mut tx = self.begin().await?;
+        let current = match load_locked::<CommsEntry>(&mut tx, entry_id, Some(false)).await {
+            Ok(current) => current,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        if current.data.direction != Direction::Outbound || current.data.delivery_status != Some(DeliveryStatus::Failed) {
+            return Ok(None);
+        }
+        let mut next = current.data.clone();
+        next.delivery_status = Some(DeliveryStatus::Queued);
+        let reason = next.status_reason.take().unwrap_or_default();
+        overwrite(&mut tx, &current, next, now()).await?;
+        tx.commit().await?;
+        Ok(Some(reason))
     }
 
     /// How many delivery reports are held, waiting for an entry with their channel message id.
@@ -684,6 +705,35 @@ async fn insert_entries(tx: &mut Tx, items: &[&InboundEntry], now: chrono::DateT
     tx.fetch_all(&sql).await?.iter().map(|row| row.uuid("id")).collect()
 }
 
+/// Gives entries logged before long channel message ids were hashed the key [`ext_key`] makes
+/// now, so that a redelivery still finds them. Only keys over [`EXT_KEY_MAX_ID_BYTES`] bytes are
+/// looked at (few or none); run after the migrations, it finds nothing to do the second time.
+pub(crate) async fn rekey_long_channel_ids(store: &Store) -> Result<u64> {
+    let bytes = match store.backend() {
+        crate::Backend::Sqlite => "length(CAST(ext_key AS BLOB))",
+        crate::Backend::Postgres => "octet_length(ext_key)",
+    };
+    let sql = Sql::new(format!(
+        "SELECT id, kind, ext_key, doc ->> 'ext_message_id' AS ext_message_id FROM comms_log WHERE {bytes} > {EXT_KEY_MAX_ID_BYTES}"
+    ));
+    let mut rekeyed = 0;
+    for row in store.fetch_all(&sql).await? {
+        let (Some(id), Some(old)) = (row.get::<Option<String>>("ext_message_id")?, row.get::<Option<String>>("ext_key")?) else { continue };
+        let new = ext_key(&row.get::<String>("kind")?, &id);
+        if new != old {
+            let mut tx = store.begin().await?;
+            let mut update = Sql::new("UPDATE comms_log SET ext_key = ");
+            update.bind(Value::Text(Some(new))).push(" WHERE id = ").bind(Value::Uuid(Some(row.uuid("id")?)));
+            rekeyed += tx.execute(&update).await?;
+            tx.commit().await?;
+        }
+    }
+    if rekeyed > 0 {
+        tracing::info!(rekeyed, "entries with long channel message ids re-keyed by their hash");
+    }
+    Ok(rekeyed)
+}
+
 /// Serializes the reports naming one channel key, so that a report held as the entry gets that
 /// key is never missed by both: either it finds the entry, or the entry's transaction finds it
 /// held. (PostgreSQL: a transaction-scoped advisory lock; SQLite has one writer at a time.)
@@ -721,10 +771,14 @@ async fn hold_report(
     Ok(())
 }
 
-/// Removes and returns the reports held for `key`, in the order the statuses advance.
-async fn take_held_reports(tx: &mut Tx, key: &str) -> Result<Vec<(DeliveryStatus, Option<String>)>> {
+/// Removes and returns the reports held for `key` (not expired), in the order the statuses
+/// advance.
+async fn take_held_reports(tx: &mut Tx, key: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<(DeliveryStatus, Option<String>)>> {
+    // Expired ones are left to the purge in `hold_report` (taking them here too could lock them
+    // in another order than that purge).
     let mut sql = Sql::new("DELETE FROM held_delivery_reports WHERE ext_key = ");
-    sql.bind(Value::Text(Some(key.to_owned()))).push(" RETURNING status, reason");
+    sql.bind(Value::Text(Some(key.to_owned()))).push(" AND received_at >= ").bind(Value::Time(Some(now - HELD_REPORTS_KEPT)));
+    sql.push(" RETURNING status, reason");
     let mut held = Vec::new();
     for row in tx.fetch_all(&sql).await? {
         let status: String = row.get("status")?;

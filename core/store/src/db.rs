@@ -146,13 +146,14 @@ impl Store {
         Ok(Store { pools, actor: Arc::new(Actor::default()) })
     }
 
-    /// Applies the backend's pending migrations.
+    /// Applies the backend's pending migrations (and the data changes that need Rust).
     #[tracing::instrument(skip_all, fields(backend = ?self.backend()))]
     pub async fn migrate(&self) -> Result<()> {
         match &self.pools {
             Pools::Sqlite { write, .. } => sqlx::migrate!("../../migrations/sqlite").run(write).await?,
             Pools::Postgres(pool) => sqlx::migrate!("../../migrations/postgres").run(pool).await?,
         }
+        crate::comms::rekey_long_channel_ids(self).await?;
         Ok(())
     }
 

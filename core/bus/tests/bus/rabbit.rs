@@ -110,9 +110,13 @@ async fn retries_wait_in_at_least_once_delay_queues(ctx: Ctx) {
     let listing = rabbitmqctl(&["list_queues", "--quiet", "--no-table-headers", "name", "type", "arguments"]).await.unwrap();
     let line = listing.lines().find(|l| l.split_whitespace().next() == Some(delay_queue.as_str()));
     let line = line.unwrap_or_else(|| panic!("no {delay_queue} in:\n{listing}"));
-    for expected in ["quorum", "at-least-once", "reject-publish", &format!("{}.core.events", ctx.prefix)] {
+    for expected in ["quorum", "\"at-least-once\"", "\"reject-publish\""] {
         assert!(line.contains(expected), "{expected} missing: {line}");
     }
+    // Back into the group queue: the argument's value is exactly its name (quoted).
+    let (_, routing) = line.split_once("x-dead-letter-routing-key").unwrap_or_else(|| panic!("no routing key: {line}"));
+    let routing = routing.split('}').next().unwrap_or_default();
+    assert!(routing.contains(&format!("\"{}.core.events\"", ctx.prefix)), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
