@@ -200,8 +200,8 @@ async fn replay_puts_the_message_back_on_its_queue(app: &TestApp) {
 }
 
 /// A send the keeper failed (its command dead-lettered) is `queued` again once ops replay the
-/// command, so the connector's "sent" is not ignored; a replay that cannot go out leaves it
-/// failed with its reason.
+/// command, so the connector's "sent" is not ignored; a replay refused for sure leaves it failed
+/// with its reason; discarding the dead letter of a send still queued fails it.
 async fn replaying_a_failed_send_puts_its_entry_back_in_line(app: &TestApp) {
     let store = &app.db.store;
     let mut commands =
@@ -250,6 +250,20 @@ async fn replaying_a_failed_send_puts_its_entry_back_in_line(app: &TestApp) {
     let (entry_id, letter, reason) = failed_send("connector.fax.commands").await;
     expect_problem(post(app, &format!("/api/v1/bus/dead-letters/{letter}/replay"), &json!({})).await, StatusCode::CONFLICT).await;
     assert_eq!(state(entry_id).await, (Some(DeliveryStatus::Failed), Some(reason)));
+
+    // A replay that may not have gone out leaves the entry queued; discarding the dead letter
+    // then fails it for good. Discarding one whose send was reported sent changes nothing.
+    let (entry_id, letter, _) = failed_send("connector.sms.commands").await;
+    store.requeue_failed_delivery(entry_id).await.unwrap().expect("was failed");
+    expect_json(post(app, &format!("/api/v1/bus/dead-letters/{letter}/discard"), &json!({})).await, StatusCode::OK).await;
+    let (status, reason) = state(entry_id).await;
+    assert_eq!(status, Some(DeliveryStatus::Failed));
+    assert!(reason.as_deref().is_some_and(|r| r.starts_with("discarded by ") && r.contains("400 invalid sender id")), "{reason:?}");
+    let (entry_id, letter, _) = failed_send("connector.sms.commands").await;
+    store.requeue_failed_delivery(entry_id).await.unwrap().expect("was failed");
+    store.record_delivery(Some(entry_id), Some(("sms", "sms-3")), DeliveryStatus::Sent, None).await.unwrap();
+    expect_json(post(app, &format!("/api/v1/bus/dead-letters/{letter}/discard"), &json!({})).await, StatusCode::OK).await;
+    assert_eq!(state(entry_id).await, (Some(DeliveryStatus::Sent), None));
 }
 
 async fn only_those_with_the_connectors_permission(app: &TestApp) {

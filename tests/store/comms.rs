@@ -954,7 +954,8 @@ async fn early_delivery_reports_are_held(db: &TestDb) {
     }
     assert_eq!(store.held_delivery_reports().await.unwrap(), held_before, "every held report of the race was applied");
 
-    // A report older than HELD_REPORTS_KEPT is dropped when the next one is held.
+    // A report older than HELD_REPORTS_KEPT is not applied, and is dropped when the next one is
+    // held.
     let stale = Utc::now() - HELD_REPORTS_KEPT - Duration::hours(1);
     store
         .execute_raw(&format!(
@@ -963,10 +964,12 @@ async fn early_delivery_reports_are_held(db: &TestDb) {
         ))
         .await
         .unwrap();
-    assert_eq!(store.record_delivery(None, Some(("whatsapp", "wamid.new")), Read, None).await.unwrap(), DeliveryRecorded::Held);
     let fourth = store.create(outbound(customer.id, CommsType::Whatsapp, at("2026-03-01T10:00:00Z"))).await.unwrap();
     let entry = store.record_delivery(Some(fourth.id), Some(("whatsapp", "wamid.stale")), Sent, None).await.unwrap().entry().unwrap();
-    assert_eq!(entry.data.delivery_status, Some(Sent), "the stale report was dropped");
+    assert_eq!(entry.data.delivery_status, Some(Sent), "the stale report was not applied");
+    let with_stale = store.held_delivery_reports().await.unwrap();
+    assert_eq!(store.record_delivery(None, Some(("whatsapp", "wamid.new")), Read, None).await.unwrap(), DeliveryRecorded::Held);
+    assert_eq!(store.held_delivery_reports().await.unwrap(), with_stale, "one held, the stale one dropped");
 }
 
 /// A channel message id too long for a unique index entry on PostgreSQL is keyed by its hash:
@@ -997,6 +1000,18 @@ async fn long_channel_message_ids(db: &TestDb) {
     store.migrate().await.unwrap();
     let redelivered = inbound(&legacy_id, "ev-legacy-2", Some(customer.id));
     assert_eq!(store.log_inbound(vec![redelivered]).await.unwrap(), vec![Logged::Duplicate(legacy.id)]);
+    // One logged again under the new key before the step ran stays as it is: migrate still
+    // succeeds (the server starts), and the two entries are left for a user to merge.
+    let twice_id = format!("<{}@twice.example.com>", "b".repeat(1_000));
+    let first = inbound(&twice_id, "ev-twice-1", Some(customer.id));
+    store.log_inbound(vec![first.clone()]).await.unwrap();
+    store.execute_raw(&format!("UPDATE comms_log SET ext_key = 'email:{twice_id}' WHERE id = '{}'", first.id)).await.unwrap();
+    let second = inbound(&twice_id, "ev-twice-2", Some(customer.id));
+    assert_eq!(store.log_inbound(vec![second.clone()]).await.unwrap(), vec![Logged::Created(second.id)]);
+    store.migrate().await.expect("migrate succeeds");
+    let third = inbound(&twice_id, "ev-twice-3", Some(customer.id));
+    assert_eq!(store.log_inbound(vec![third]).await.unwrap(), vec![Logged::Duplicate(second.id)]);
+    assert_eq!(entry_of(store, first.id).await.data.ext_message_id.as_deref(), Some(twice_id.as_str()));
 
     // An outbound entry with a long channel id gets its reports.
     let sent = store.create(outbound(customer.id, CommsType::Whatsapp, at("2026-03-01T10:00:00Z"))).await.unwrap();

@@ -333,29 +333,43 @@ async fn replay(
         }
         envelope.data = serde_json::to_vec(&data).map_err(ApiError::internal)?;
     }
-    // A send the keeper failed waits again; put back as it was should the replay not go out.
+    // A send the keeper failed waits again (before the publish: the connector's "sent" may come
+    // at once). Refused for sure, it is failed again as it was; when the bus may have taken it
+    // (no confirm, connection lost), it stays queued: a later discard fails it.
     let requeued = match WaitingRecord::of(&envelope) {
         Some(WaitingRecord::Entry(entry_id)) => ctx.store.requeue_failed_delivery(entry_id).await?.map(|reason| (entry_id, reason)),
         Some(WaitingRecord::Media(_)) | None => None,
     };
-    if let Err(err) = state.bus.replay(&letter.consumer, &envelope).await {
-        if let Some((entry_id, reason)) = requeued {
-            ctx.store.fail_queued_delivery(entry_id, reason).await?;
+    match state.bus.replay(&letter.consumer, &envelope).await {
+        Ok(()) => {}
+        Err(BusError::Invalid(detail) | BusError::Rejected(detail)) => {
+            if let Some((entry_id, reason)) = requeued {
+                ctx.store.fail_queued_delivery(entry_id, reason).await?;
+            }
+            return Err(ApiError::Conflict {
+                pointer: Some("/consumer".into()),
+                detail: format!("cannot replay to {}: {detail}", letter.consumer),
+            });
         }
-        return Err(match err {
-            BusError::Invalid(detail) | BusError::Rejected(detail) => {
-                ApiError::Conflict { pointer: Some("/consumer".into()), detail: format!("cannot replay to {}: {detail}", letter.consumer) }
-            }
-            other => {
-                ApiError::ConnectorUnavailable { detail: format!("the message bus cannot take the message: {other}"), retry_after: 10 }
-            }
-        });
+        Err(other) => {
+            return Err(ApiError::ConnectorUnavailable {
+                detail: format!("the message bus cannot take the message: {other}"),
+                retry_after: 10,
+            });
+        }
     }
     tracing::info!(dead_letter = %id, consumer = %letter.consumer, envelope.id = %envelope.id, "dead letter replayed");
     Ok(Json(ctx.store.resolve_dead_letter(id, "replayed", &ctx.principal.label()).await.map_err(|e| no_dead_letter(e, id))?))
 }
 
-/// Marks a dead letter discarded: ops give up on it.
+/// Marks a dead letter discarded: ops give up on it (and on the send it was, if it was one).
 async fn discard(ctx: Ctx, Id(id): Id) -> ApiResult<Json<DeadLetter>> {
-    Ok(Json(ctx.store.resolve_dead_letter(id, "discarded", &ctx.principal.label()).await.map_err(|e| no_dead_letter(e, id))?))
+    let letter = ctx.store.resolve_dead_letter(id, "discarded", &ctx.principal.label()).await.map_err(|e| no_dead_letter(e, id))?;
+    // Giving up on a send fails its entry, should it still be queued (a replay that may not
+    // have gone out left it so).
+    if let Some(WaitingRecord::Entry(entry_id)) = Envelope::from_structured(&letter.envelope).ok().as_ref().and_then(WaitingRecord::of) {
+        let reason = format!("discarded by {} after being dead-lettered by {}: {}", ctx.principal.label(), letter.consumer, letter.reason);
+        ctx.store.fail_queued_delivery(entry_id, reason).await?;
+    }
+    Ok(Json(letter))
 }

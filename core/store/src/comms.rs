@@ -707,7 +707,8 @@ async fn insert_entries(tx: &mut Tx, items: &[&InboundEntry], now: chrono::DateT
 
 /// Gives entries logged before long channel message ids were hashed the key [`ext_key`] makes
 /// now, so that a redelivery still finds them. Only keys over [`EXT_KEY_MAX_ID_BYTES`] bytes are
-/// looked at (few or none); run after the migrations, it finds nothing to do the second time.
+/// looked at, through a partial index of just those (migration 0004): run after the migrations,
+/// it costs next to nothing once they are re-keyed.
 pub(crate) async fn rekey_long_channel_ids(store: &Store) -> Result<u64> {
     let bytes = match store.backend() {
         crate::Backend::Sqlite => "length(CAST(ext_key AS BLOB))",
@@ -720,13 +721,21 @@ pub(crate) async fn rekey_long_channel_ids(store: &Store) -> Result<u64> {
     for row in store.fetch_all(&sql).await? {
         let (Some(id), Some(old)) = (row.get::<Option<String>>("ext_message_id")?, row.get::<Option<String>>("ext_key")?) else { continue };
         let new = ext_key(&row.get::<String>("kind")?, &id);
-        if new != old {
-            let mut tx = store.begin().await?;
-            let mut update = Sql::new("UPDATE comms_log SET ext_key = ");
-            update.bind(Value::Text(Some(new))).push(" WHERE id = ").bind(Value::Uuid(Some(row.uuid("id")?)));
-            rekeyed += tx.execute(&update).await?;
-            tx.commit().await?;
+        if new == old {
+            continue;
         }
+        let entry = row.uuid("id")?;
+        let mut tx = store.begin().await?;
+        if let Some(other) = find_by_ext_key(&mut tx, &new).await? {
+            // The same message was logged again under the new key before this step ran: the
+            // two entries stay as they are, for a user to merge or delete.
+            tracing::warn!(%entry, %other, "an entry with a long channel message id is logged twice; not re-keyed");
+            continue;
+        }
+        let mut update = Sql::new("UPDATE comms_log SET ext_key = ");
+        update.bind(Value::Text(Some(new))).push(" WHERE id = ").bind(Value::Uuid(Some(entry)));
+        rekeyed += tx.execute(&update).await?;
+        tx.commit().await?;
     }
     if rekeyed > 0 {
         tracing::info!(rekeyed, "entries with long channel message ids re-keyed by their hash");
