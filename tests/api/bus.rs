@@ -228,7 +228,7 @@ async fn replaying_a_failed_send_puts_its_entry_back_in_line(app: &TestApp) {
         };
         let envelope = Envelope::new("/crm/core", &command, Trace::new("req-send"));
         let reason = format!("dead-lettered by {consumer} after 5 attempts: 400 invalid sender id");
-        store.fail_queued_delivery(entry_id, reason.clone()).await.unwrap().expect("failed");
+        assert!(store.fail_queued_delivery(entry_id, reason.clone()).await.unwrap(), "queued, so failed");
         (entry_id, file_dead_letter(store, consumer, &envelope, "400 invalid sender id").await, reason)
     };
     let state = |entry_id| async move {

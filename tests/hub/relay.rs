@@ -143,42 +143,38 @@ async fn a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(transport
     bus.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_process_sqlite() {
-    a_refused_command_neither_repeats_nor_blocks_the_others(Transport::InProcess, Backend::Sqlite).await;
+/// Runs each scenario on both transports and both backends, a module per scenario.
+macro_rules! on_every_bus_and_backend {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn in_process_sqlite() {
+                    super::$scenario(Transport::InProcess, Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn in_process_postgres() {
+                    super::$scenario(Transport::InProcess, Backend::Postgres).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn rabbitmq_sqlite() {
+                    super::$scenario(Transport::RabbitMq, Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn rabbitmq_postgres() {
+                    super::$scenario(Transport::RabbitMq, Backend::Postgres).await;
+                }
+            }
+        )*
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn never_taken_in_process_sqlite() {
-    a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(Transport::InProcess, Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_process_postgres() {
-    a_refused_command_neither_repeats_nor_blocks_the_others(Transport::InProcess, Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn never_taken_in_process_postgres() {
-    a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(Transport::InProcess, Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_sqlite() {
-    a_refused_command_neither_repeats_nor_blocks_the_others(Transport::RabbitMq, Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn never_taken_rabbitmq_sqlite() {
-    a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(Transport::RabbitMq, Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_postgres() {
-    a_refused_command_neither_repeats_nor_blocks_the_others(Transport::RabbitMq, Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn never_taken_rabbitmq_postgres() {
-    a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(Transport::RabbitMq, Backend::Postgres).await;
-}
+on_every_bus_and_backend!(
+    a_refused_command_neither_repeats_nor_blocks_the_others,
+    a_message_the_bus_can_never_take_is_filed_and_fails_its_entry,
+);

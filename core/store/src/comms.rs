@@ -414,44 +414,43 @@ impl Store {
 
     /// Marks an outbound entry `failed` with `reason` when it is still `queued`: its send command
     /// was given up on. An entry that got further (a connector reported it sent) is left alone.
-    /// Returns the entry when it changed.
-    pub async fn fail_queued_delivery(&self, entry_id: Uuid, reason: String) -> Result<Option<Record<CommsEntry>>> {
-        let mut tx = self.begin().await?;
-        let current = match load_locked::<CommsEntry>(&mut tx, entry_id, Some(false)).await {
-            Ok(current) => current,
-            Err(StoreError::NotFound) => return Ok(None),
-            Err(err) => return Err(err),
-        };
-        if current.data.direction != Direction::Outbound || current.data.delivery_status != Some(DeliveryStatus::Queued) {
-            return Ok(None);
-        }
-        let mut next = current.data.clone();
-        next.delivery_status = Some(DeliveryStatus::Failed);
-        next.status_reason = Some(reason);
-        let record = overwrite(&mut tx, &current, next, now()).await?;
-        tx.commit().await?;
-        Ok(Some(record))
+    /// Returns whether it changed.
+    pub async fn fail_queued_delivery(&self, entry_id: Uuid, reason: String) -> Result<bool> {
+        Ok(self.switch_delivery(entry_id, DeliveryStatus::Queued, DeliveryStatus::Failed, Some(reason)).await?.is_some())
     }
 
     /// Puts a `failed` outbound entry back to `queued`: its send command is being replayed.
     /// Returns the reason it had failed with (to restore should the replay not go out), or
     /// `None` when the entry was not failed.
     pub async fn requeue_failed_delivery(&self, entry_id: Uuid) -> Result<Option<String>> {
+        Ok(self.switch_delivery(entry_id, DeliveryStatus::Failed, DeliveryStatus::Queued, None).await?.map(Option::unwrap_or_default))
+    }
+
+    /// Moves a live outbound entry from `from` to `to` with `reason`, only when it is in `from`
+    /// (outside the forward order of delivery reports: a command given up on, or replayed).
+    /// Returns the reason it had, or `None` when it was not in `from`.
+    async fn switch_delivery(
+        &self,
+        entry_id: Uuid,
+        from: DeliveryStatus,
+        to: DeliveryStatus,
+        reason: Option<String>,
+    ) -> Result<Option<Option<String>>> {
         let mut tx = self.begin().await?;
         let current = match load_locked::<CommsEntry>(&mut tx, entry_id, Some(false)).await {
             Ok(current) => current,
             Err(StoreError::NotFound) => return Ok(None),
             Err(err) => return Err(err),
         };
-        if current.data.direction != Direction::Outbound || current.data.delivery_status != Some(DeliveryStatus::Failed) {
+        if current.data.direction != Direction::Outbound || current.data.delivery_status != Some(from) {
             return Ok(None);
         }
         let mut next = current.data.clone();
-        next.delivery_status = Some(DeliveryStatus::Queued);
-        let reason = next.status_reason.take().unwrap_or_default();
+        next.delivery_status = Some(to);
+        let previous = std::mem::replace(&mut next.status_reason, reason);
         overwrite(&mut tx, &current, next, now()).await?;
         tx.commit().await?;
-        Ok(Some(reason))
+        Ok(Some(previous))
     }
 
     /// How many delivery reports are held, waiting for an entry with their channel message id.
