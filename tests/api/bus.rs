@@ -22,6 +22,7 @@ crm_tests::api_on_both_backends!(
     dead_letters_are_listed_and_discarded_once,
     replay_puts_the_message_back_on_its_queue,
     replaying_a_failed_send_puts_its_entry_back_in_line,
+    replays_of_one_dead_letter_at_once_publish_it_once,
     only_those_with_the_connectors_permission,
 );
 
@@ -197,6 +198,43 @@ async fn replay_puts_the_message_back_on_its_queue(app: &TestApp) {
     assert_eq!(pointers(&problem), ["/consumer"]);
     let letter = expect_json(get(app, &format!("/api/v1/bus/dead-letters/{orphan}")).await, StatusCode::OK).await;
     assert_eq!(letter["status"], "dead");
+    // The refused replay let go of it: ops can discard it at once.
+    let discarded = expect_json(post(app, &format!("/api/v1/bus/dead-letters/{orphan}/discard"), &json!({})).await, StatusCode::OK).await;
+    assert_eq!(discarded["status"], "discarded");
+}
+
+/// Two operators (or a double click) replaying one dead letter at the same moment: one replay
+/// publishes it, the others are refused, and its queue gets it once.
+async fn replays_of_one_dead_letter_at_once_publish_it_once(app: &TestApp) {
+    let mut subscriber =
+        app.bus.subscribe(Subscription::new("core.events", Exchange::Events, &["*.message.received"])).await.expect("subscribe");
+    let message = received_email("a@example.gr", "twice?");
+    let letter = file_dead_letter(&app.db.store, "core.events", &message, "store unavailable").await;
+    let path = format!("/api/v1/bus/dead-letters/{letter}/replay");
+    let body = json!({});
+    let responses = futures::future::join_all((0..8).map(|_| post(app, &path, &body))).await;
+    let statuses: Vec<StatusCode> = responses.iter().map(reqwest::Response::status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| [StatusCode::OK, StatusCode::CONFLICT].contains(s)), "{statuses:?}");
+    let letter = expect_json(get(app, &format!("/api/v1/bus/dead-letters/{letter}")).await, StatusCode::OK).await;
+    assert_eq!(letter["status"], "replayed");
+
+    // Every replay has returned, so whatever they published is in the queue before this marker.
+    let marker = received_email("b@example.gr", "marker");
+    app.bus.publish(&marker).await.expect("marker published");
+    let mut copies = 0;
+    loop {
+        let delivery =
+            tokio::time::timeout(std::time::Duration::from_secs(5), subscriber.next()).await.expect("in time").expect("a delivery");
+        let id = delivery.envelope.id.clone();
+        delivery.ack().await.expect("ack");
+        if id == marker.id {
+            break;
+        }
+        assert_eq!(id, message.id);
+        copies += 1;
+    }
+    assert_eq!(copies, 1, "the dead letter was published once");
 }
 
 /// A send the keeper failed (its command dead-lettered) is `queued` again once ops replay the

@@ -1,5 +1,6 @@
 //! Inbound events end to end: published to RabbitMQ as a connector would, consumed by the
-//! core's ingest, matched to customers and committed in the communications log (PostgreSQL).
+//! core's ingest, matched to customers and committed in the communications log, on PostgreSQL
+//! (production) and on SQLite (the embedded default store, a file in this process).
 //! Beside it, in the same run, the raw rate of plain `lapin` publishing persistent messages with
 //! confirms while consuming them (prefetch 1,000, a multiple ack every 100), the broker's ceiling
 //! on this machine. The target is for the core to sustain at least 70% of the raw rate.
@@ -9,7 +10,8 @@
 //! broker, the database and this process used (from `/proc`, so on Linux only), per event.
 //!
 //! `cargo bench -p crm-tests --bench ingest` (`CRM_BENCH_EVENTS` sets the count, default
-//! 100,000). Needs RabbitMQ and PostgreSQL on this machine.
+//! 100,000; `CRM_BENCH_STORES=postgres` or `sqlite` runs one store only). Needs RabbitMQ and,
+//! for the PostgreSQL half, PostgreSQL on this machine.
 
 use chrono::Utc;
 use crm_bus::message::{Address, Channel, MessageReceived};
@@ -121,7 +123,7 @@ impl Phase {
     fn report(&self, what: &str, unit: &str, count: usize) {
         let per_event = |seconds: f64| 1e6 * seconds / count as f64;
         say(&format!(
-            "{what:<58} {:>8.0} {unit:<9} CPU µs/event: broker {:>5.0}, PostgreSQL {:>5.0}, bench process {:>5.0}",
+            "{what:<66} {:>8.0} {unit:<9} CPU µs/event: broker {:>5.0}, PostgreSQL server {:>5.0}, bench process {:>5.0}",
             self.rate,
             per_event(self.cpu.broker),
             per_event(self.cpu.database),
@@ -243,8 +245,13 @@ async fn logged(metrics: &PrometheusHandle, total: usize) {
 /// The core's phases: both at once into an empty log (the headline: timed from the first publish
 /// until the last event is committed); then, with the hub stopped, the bus's publishers alone
 /// (into the core's queue, nobody consuming); then a hub draining that queue alone.
-async fn core(metrics: &PrometheusHandle, first: Vec<Envelope>, second: Vec<Envelope>) -> Option<(Phase, Phase, Phase, f64)> {
-    let db = TestDb::new(Backend::Postgres).await?;
+async fn core(
+    metrics: &PrometheusHandle,
+    backend: Backend,
+    first: Vec<Envelope>,
+    second: Vec<Envelope>,
+) -> Option<(Phase, Phase, Phase, f64)> {
+    let db = TestDb::new(backend).await?;
     let bus = TestBus::new(Transport::RabbitMq).await?;
     for i in 0..CUSTOMERS {
         let input = CustomerInput {
@@ -255,6 +262,8 @@ async fn core(metrics: &PrometheusHandle, first: Vec<Envelope>, second: Vec<Enve
         db.store.create(input.parse(Region::GR, Utc::now()).expect("valid")).await.expect("customer");
     }
     let (count, total) = (first.len(), first.len() + second.len());
+    // The hub's counter goes on across stores: count from where the previous one left it.
+    let base = committed(metrics) as usize;
     let hub = || {
         Hub::start(
             db.store.clone(),
@@ -273,7 +282,7 @@ async fn core(metrics: &PrometheusHandle, first: Vec<Envelope>, second: Vec<Enve
         publish(&config, first).await;
         started.elapsed()
     });
-    logged(metrics, count).await;
+    logged(metrics, base + count).await;
     let together = Phase::measure(count, started.elapsed(), cpu);
     let confirmed = count as f64 / publishing.await.expect("publishers").as_secs_f64();
     running.shutdown().await;
@@ -288,7 +297,7 @@ async fn core(metrics: &PrometheusHandle, first: Vec<Envelope>, second: Vec<Enve
     let cpu = CpuUse::now();
     let started = Instant::now();
     let running = hub().await.expect("hub");
-    logged(metrics, total).await;
+    logged(metrics, base + total).await;
     let ingested_alone = Phase::measure(total - count, started.elapsed(), cpu);
     running.shutdown().await;
 
@@ -304,30 +313,41 @@ async fn core(metrics: &PrometheusHandle, first: Vec<Envelope>, second: Vec<Enve
     Some((published_alone, ingested_alone, together, confirmed))
 }
 
+/// The stores to run the core on: both unless `CRM_BENCH_STORES` names one.
+fn stores() -> Vec<(Backend, &'static str)> {
+    let all = [(Backend::Postgres, "PostgreSQL"), (Backend::Sqlite, "SQLite")];
+    match std::env::var("CRM_BENCH_STORES").ok().as_deref() {
+        Some(only) => all.into_iter().filter(|(_, name)| name.eq_ignore_ascii_case(only)).collect(),
+        None => all.to_vec(),
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let metrics = PrometheusBuilder::new().set_buckets(&[0.01, 0.1, 1.0]).expect("buckets").install_recorder().expect("a metrics recorder");
     let count = events();
-    say(&format!("ingest benchmark: {count} inbound email events, RabbitMQ → core → PostgreSQL, {CUSTOMERS} customers"));
-    let first: Vec<Envelope> = (0..count).map(event).collect();
-    let second: Vec<Envelope> = (count..2 * count).map(event).collect();
-    let bodies: Vec<Vec<u8>> = first.iter().map(|e| e.data.clone()).collect();
+    say(&format!("ingest benchmark: {count} inbound email events, RabbitMQ → core → the log, {CUSTOMERS} customers"));
+    let bodies: Vec<Vec<u8>> = (0..count).map(|i| event(i).data).collect();
     if TestBus::new(Transport::RabbitMq).await.map(|b| tokio::spawn(b.cleanup())).is_none() {
         say("RabbitMQ is not reachable: benchmark skipped");
         return;
     }
     let (raw_alone, raw_published) = raw(&bodies, true).await;
     let (raw, _) = raw(&bodies, false).await;
-    let Some((published, ingested, together, confirmed)) = core(&metrics, first, second).await else {
-        say("PostgreSQL is not reachable: benchmark skipped");
-        return;
-    };
     raw_published.report("raw lapin, publish alone (persistent, confirms per 1000)", "msg/s", count);
     raw_alone.report("raw lapin, publish then consume (prefetch 1000)", "msg/s", count);
     raw.report("raw lapin, publish and consume at once", "msg/s", count);
-    together.report("core, published → committed, all at once (empty log)", "events/s", count);
-    say(&format!("  (the {PUBLISHERS} publishers got their confirms at {confirmed:.0} events/s meanwhile)"));
-    published.report(&format!("bus, {PUBLISHERS} publishers alone (CloudEvents, topic exchange)"), "events/s", count);
-    ingested.report("core alone, draining the queue → committed (log not empty)", "events/s", count);
-    say(&format!("core / raw, at once: {:.0}% (target ≥ 70%)", 100.0 * together.rate / raw.rate));
+    for (backend, name) in stores() {
+        let first: Vec<Envelope> = (0..count).map(event).collect();
+        let second: Vec<Envelope> = (count..2 * count).map(event).collect();
+        let Some((published, ingested, together, confirmed)) = core(&metrics, backend, first, second).await else {
+            say(&format!("{name} is not reachable: its half skipped"));
+            continue;
+        };
+        together.report(&format!("core on {name}, published → committed, all at once (empty log)"), "events/s", count);
+        say(&format!("  (the {PUBLISHERS} publishers got their confirms at {confirmed:.0} events/s meanwhile)"));
+        published.report(&format!("bus, {PUBLISHERS} publishers alone (CloudEvents, topic exchange)"), "events/s", count);
+        ingested.report(&format!("core on {name} alone, draining the queue → committed (log not empty)"), "events/s", count);
+        say(&format!("core on {name} / raw, at once: {:.0}% (target ≥ 70%)", 100.0 * together.rate / raw.rate));
+    }
 }

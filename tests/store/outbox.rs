@@ -18,6 +18,7 @@ crm_tests::on_both_backends!(
     dead_letters_are_filed_once,
     dead_letter_pages,
     resolving_dead_letters,
+    a_replay_leases_its_dead_letter,
     heartbeats_keep_the_newest,
     concurrent_heartbeats,
 );
@@ -370,6 +371,57 @@ async fn resolving_dead_letters(db: &TestDb) {
     assert_eq!(store.dead_letter(e3.id).await.unwrap(), winner);
     // A consumer with nothing left waiting is not counted.
     assert_eq!(store.dead_letter_counts().await.unwrap(), vec![("core.events".to_owned(), 1)]);
+}
+
+/// A replay leases its dead letter while it publishes: a second replay or a discard meanwhile
+/// is refused; a released lease, an ended lease or the replay's own resolution lets go of it.
+async fn a_replay_leases_its_dead_letter(db: &TestDb) {
+    let store = &db.store;
+    let dead_at = at("2026-03-01T10:00:00Z");
+    file(store, "core.events", "e1", dead_at).await;
+    file(store, "core.events", "e2", dead_at).await;
+    let letters = all_letters(store).await;
+    let (e1, e2) = (letters.iter().find(|l| l.envelope_id == "e1").unwrap(), letters.iter().find(|l| l.envelope_id == "e2").unwrap());
+    let lease = Duration::minutes(5);
+
+    let leased = store.lease_dead_letter(e1.id, lease).await.unwrap();
+    assert_eq!(&leased, e1, "a lease changes nothing that is shown");
+    assert_conflict(store.lease_dead_letter(e1.id, lease).await, Some("/status"));
+    assert_conflict(store.resolve_dead_letter(e1.id, "discarded", "user:babis").await, Some("/status"));
+    assert_eq!(store.dead_letter(e1.id).await.unwrap().status, "dead", "still waiting for ops");
+    assert_eq!(store.dead_letter_counts().await.unwrap(), vec![("core.events".to_owned(), 2)], "a leased letter still counts");
+    assert_not_found(store.lease_dead_letter(Uuid::now_v7(), lease).await);
+
+    // Released (the replay did not publish): leased or discarded again at once.
+    store.release_dead_letter(e1.id).await.unwrap();
+    store.lease_dead_letter(e1.id, lease).await.unwrap();
+    // The replay holding the lease marks it replayed; then nothing leases it again.
+    let replayed = store.resolve_dead_letter(e1.id, "replayed", "user:anna").await.unwrap();
+    assert_eq!(replayed.status, "replayed");
+    assert_conflict(store.lease_dead_letter(e1.id, lease).await, Some("/status"));
+    store.release_dead_letter(e1.id).await.unwrap();
+    assert_eq!(store.dead_letter(e1.id).await.unwrap(), replayed, "releasing a resolved letter changes nothing");
+
+    // A lease that has ended (its replay was cut off) no longer holds the letter.
+    store.lease_dead_letter(e2.id, lease).await.unwrap();
+    let ended = Utc::now() - Duration::seconds(1);
+    store
+        .execute_raw(&format!(
+            "UPDATE dead_letters SET lease_until = '{}' WHERE envelope_id = 'e2'",
+            ended.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        ))
+        .await
+        .unwrap();
+    let discarded = store.resolve_dead_letter(e2.id, "discarded", "user:babis").await.unwrap();
+    assert_eq!(discarded.status, "discarded");
+
+    // Many replays at once: exactly one gets the lease.
+    file(store, "core.events", "e3", dead_at).await;
+    let e3 = all_letters(store).await.into_iter().find(|l| l.envelope_id == "e3").unwrap();
+    let results = futures::future::join_all((0..8).map(|_| store.lease_dead_letter(e3.id, lease))).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StoreError::Conflict { .. }))), "{results:?}");
 }
 
 fn instance(name: &str, instance: &str, last_heartbeat: DateTime<Utc>, state: &str) -> ConnectorInstance {

@@ -307,7 +307,8 @@ pub(crate) struct ReplayRequest {
 }
 
 /// Puts a dead letter back on its consumer group's queue (as a first attempt, with new data if
-/// given) and marks it replayed. A replayed send puts its failed log entry back to `queued`.
+/// given) and marks it replayed. A replayed send puts its failed log entry back to `queued`. The
+/// letter is leased while it is published, so two replays of it at once publish it once.
 async fn replay(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -333,33 +334,43 @@ async fn replay(
         }
         envelope.data = serde_json::to_vec(&data).map_err(ApiError::internal)?;
     }
-    // A send the keeper failed waits again (before the publish: the connector's "sent" may come
-    // at once). Refused for sure, it is failed again as it was; when the bus may have taken it
-    // (no confirm, connection lost), it stays queued: a later discard fails it.
-    let requeued = match WaitingRecord::of(&envelope) {
+    // Leased first: a second replay of the letter at the same moment is refused, not published.
+    ctx.store.lease_dead_letter(id, REPLAY_LEASE).await.map_err(|e| no_dead_letter(e, id))?;
+    if let Err(err) = publish_replay(&state, &ctx, &letter.consumer, &envelope).await {
+        if let Err(release) = ctx.store.release_dead_letter(id).await {
+            tracing::warn!(dead_letter = %id, error = %release, "cannot release the replay's lease; it ends by itself");
+        }
+        return Err(err);
+    }
+    tracing::info!(dead_letter = %id, consumer = %letter.consumer, envelope.id = %envelope.id, "dead letter replayed");
+    Ok(Json(ctx.store.resolve_dead_letter(id, "replayed", &ctx.principal.label()).await.map_err(|e| no_dead_letter(e, id))?))
+}
+
+/// How long a replay holds its dead letter: well beyond the bus's confirm timeout, so only a
+/// replay cut off midway (the server stopped) lets its lease end by itself.
+const REPLAY_LEASE: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Publishes a replayed message to its consumer group. A send the keeper failed waits again
+/// (before the publish: the connector's "sent" may come at once); refused for sure, it is failed
+/// again as it was; when the bus may have taken it (no confirm, connection lost), it stays
+/// queued: a later discard fails it.
+async fn publish_replay(state: &AppState, ctx: &Ctx, consumer: &str, envelope: &Envelope) -> ApiResult<()> {
+    let requeued = match WaitingRecord::of(envelope) {
         Some(WaitingRecord::Entry(entry_id)) => ctx.store.requeue_failed_delivery(entry_id).await?.map(|reason| (entry_id, reason)),
         Some(WaitingRecord::Media(_)) | None => None,
     };
-    match state.bus.replay(&letter.consumer, &envelope).await {
-        Ok(()) => {}
+    match state.bus.replay(consumer, envelope).await {
+        Ok(()) => Ok(()),
         Err(BusError::Invalid(detail) | BusError::Rejected(detail)) => {
             if let Some((entry_id, reason)) = requeued {
                 ctx.store.fail_queued_delivery(entry_id, reason).await?;
             }
-            return Err(ApiError::Conflict {
-                pointer: Some("/consumer".into()),
-                detail: format!("cannot replay to {}: {detail}", letter.consumer),
-            });
+            Err(ApiError::Conflict { pointer: Some("/consumer".into()), detail: format!("cannot replay to {consumer}: {detail}") })
         }
         Err(other) => {
-            return Err(ApiError::ConnectorUnavailable {
-                detail: format!("the message bus cannot take the message: {other}"),
-                retry_after: 10,
-            });
+            Err(ApiError::ConnectorUnavailable { detail: format!("the message bus cannot take the message: {other}"), retry_after: 10 })
         }
     }
-    tracing::info!(dead_letter = %id, consumer = %letter.consumer, envelope.id = %envelope.id, "dead letter replayed");
-    Ok(Json(ctx.store.resolve_dead_letter(id, "replayed", &ctx.principal.label()).await.map_err(|e| no_dead_letter(e, id))?))
 }
 
 /// Marks a dead letter discarded: ops give up on it (and on the send it was, if it was one).

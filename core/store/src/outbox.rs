@@ -309,18 +309,54 @@ impl Store {
         self.fetch_all(&sql).await?.first().map(decode_dead_letter).ok_or(StoreError::NotFound)?
     }
 
-    /// Marks a dead letter replayed or discarded; refuses one already resolved.
-    pub async fn resolve_dead_letter(&self, id: Uuid, status: &str, by: &str) -> Result<DeadLetter> {
+    /// Leases a dead letter to the replay about to publish it, for `lease`: until then, or until
+    /// [`Store::release_dead_letter`], another replay or a discard of it is refused, so a letter
+    /// is never published twice by two replays at once. Refuses a letter already resolved or
+    /// leased. A replay cut off midway leaves its lease to end by itself.
+    pub async fn lease_dead_letter(&self, id: Uuid, lease: Duration) -> Result<DeadLetter> {
+        let now = now();
         let mut tx = self.begin().await?;
-        let mut sql = Sql::new("UPDATE dead_letters SET status = ");
-        sql.bind(Value::Text(Some(status.into()))).push(", resolved_at = ").bind(Value::Time(Some(now())));
-        sql.push(", resolved_by = ").bind(Value::Text(Some(by.into())));
+        let mut sql = Sql::new("UPDATE dead_letters SET lease_until = ");
+        sql.bind(Value::Time(Some(now + lease)));
         sql.push(" WHERE status = 'dead' AND id = ").bind(Value::Uuid(Some(id)));
+        push_not_leased(&mut sql, now);
         let changed = tx.execute(&sql).await?;
         tx.commit().await?;
         let letter = self.dead_letter(id).await?;
         if changed == 0 {
-            return Err(StoreError::conflict(Some("/status"), format!("the dead letter was already {}", letter.status)));
+            return Err(refusal(&letter));
+        }
+        Ok(letter)
+    }
+
+    /// Gives back the lease of a replay that did not publish: the letter can be replayed or
+    /// discarded again at once.
+    pub async fn release_dead_letter(&self, id: Uuid) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("UPDATE dead_letters SET lease_until = NULL WHERE status = 'dead' AND id = ");
+        sql.bind(Value::Uuid(Some(id)));
+        tx.execute(&sql).await?;
+        tx.commit().await
+    }
+
+    /// Marks a dead letter `replayed` (by the replay holding its lease, once the bus has its
+    /// message) or `discarded` (refused while a replay holds a lease); refuses one already
+    /// resolved.
+    pub async fn resolve_dead_letter(&self, id: Uuid, status: &str, by: &str) -> Result<DeadLetter> {
+        let now = now();
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("UPDATE dead_letters SET status = ");
+        sql.bind(Value::Text(Some(status.into()))).push(", resolved_at = ").bind(Value::Time(Some(now)));
+        sql.push(", resolved_by = ").bind(Value::Text(Some(by.into()))).push(", lease_until = NULL");
+        sql.push(" WHERE status = 'dead' AND id = ").bind(Value::Uuid(Some(id)));
+        if status != "replayed" {
+            push_not_leased(&mut sql, now);
+        }
+        let changed = tx.execute(&sql).await?;
+        tx.commit().await?;
+        let letter = self.dead_letter(id).await?;
+        if changed == 0 {
+            return Err(refusal(&letter));
         }
         Ok(letter)
     }
@@ -409,6 +445,20 @@ fn json_text(backend: crate::Backend, column: &str) -> String {
     match backend {
         crate::Backend::Sqlite => column.to_owned(),
         crate::Backend::Postgres => format!("{column}::text"),
+    }
+}
+
+/// Only a dead letter no replay holds a lease on (or whose lease has ended).
+fn push_not_leased(sql: &mut Sql, now: DateTime<Utc>) {
+    sql.push(" AND (lease_until IS NULL OR lease_until < ").bind(Value::Time(Some(now))).push(")");
+}
+
+/// Why a dead letter cannot be leased or resolved now.
+fn refusal(letter: &DeadLetter) -> StoreError {
+    if letter.status == "dead" {
+        StoreError::conflict(Some("/status"), "the dead letter is being replayed; try again when that replay has ended")
+    } else {
+        StoreError::conflict(Some("/status"), format!("the dead letter was already {}", letter.status))
     }
 }
 
