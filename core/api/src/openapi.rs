@@ -459,7 +459,10 @@ fn describe_bus(paths: PathsBuilder, schemas: &mut Vec<(String, RefOr<Schema>)>)
                     .request_body(Some(json_body("ReplayRequest", false)))
                     .response("200", json_response("Replayed", Ref::from_schema_name("DeadLetter")))
                     .response("404", problem("No such dead letter"))
-                    .response("409", problem("Already replayed or discarded, being replayed by another request, or its consumer group has no queue"))
+                    .response(
+                        "409",
+                        problem("Already replayed or discarded, being replayed by another request, or its consumer group has no queue"),
+                    )
                     .response("422", problem("Invalid replacement data"))
                     .response("503", problem("The bus cannot take the message; see Retry-After")),
             ),
