@@ -235,6 +235,22 @@ async fn replays_of_one_dead_letter_at_once_publish_it_once(app: &TestApp) {
         copies += 1;
     }
     assert_eq!(copies, 1, "the dead letter was published once");
+
+    // While a replay holds the lease, another replay and a discard are refused (409 at /status);
+    // once it is released, the letter replays.
+    let letter = file_dead_letter(&app.db.store, "core.events", &received_email("c@example.gr", "held"), "x").await;
+    let lease = app.db.store.lease_dead_letter(letter, Duration::minutes(5)).await.expect("leased");
+    for action in ["replay", "discard"] {
+        let problem =
+            expect_problem(post(app, &format!("/api/v1/bus/dead-letters/{letter}/{action}"), &json!({})).await, StatusCode::CONFLICT).await;
+        assert_eq!(pointers(&problem), ["/status"], "{action}: {problem:#}");
+        assert!(problem["detail"].as_str().is_some_and(|d| d.contains("being replayed")), "{action}: {problem:#}");
+    }
+    app.db.store.release_dead_letter(&lease).await.expect("released");
+    let replayed = expect_json(post(app, &format!("/api/v1/bus/dead-letters/{letter}/replay"), &json!({})).await, StatusCode::OK).await;
+    assert_eq!(replayed["status"], "replayed");
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(5), subscriber.next()).await.expect("in time").expect("a delivery");
+    delivery.ack().await.expect("ack");
 }
 
 /// A send the keeper failed (its command dead-lettered) is `queued` again once ops replay the

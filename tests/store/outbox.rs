@@ -374,53 +374,56 @@ async fn resolving_dead_letters(db: &TestDb) {
 }
 
 /// A replay leases its dead letter while it publishes: a second replay or a discard meanwhile
-/// is refused; a released lease, an ended lease or the replay's own resolution lets go of it.
+/// is refused; a released lease, an ended lease or the replay's own resolution lets go of it,
+/// and a replay whose lease ended and went to another cannot release or resolve that one's.
 async fn a_replay_leases_its_dead_letter(db: &TestDb) {
     let store = &db.store;
     let dead_at = at("2026-03-01T10:00:00Z");
-    file(store, "core.events", "e1", dead_at).await;
-    file(store, "core.events", "e2", dead_at).await;
+    for id in ["e1", "e2", "e3"] {
+        file(store, "core.events", id, dead_at).await;
+    }
     let letters = all_letters(store).await;
-    let (e1, e2) = (letters.iter().find(|l| l.envelope_id == "e1").unwrap(), letters.iter().find(|l| l.envelope_id == "e2").unwrap());
+    let letter = |id: &str| letters.iter().find(|l| l.envelope_id == id).unwrap().clone();
+    let (e1, e2, e3) = (letter("e1"), letter("e2"), letter("e3"));
     let lease = Duration::minutes(5);
 
     let leased = store.lease_dead_letter(e1.id, lease).await.unwrap();
-    assert_eq!(&leased, e1, "a lease changes nothing that is shown");
+    assert_eq!(leased.letter, e1, "a lease changes nothing that is shown");
     assert_conflict(store.lease_dead_letter(e1.id, lease).await, Some("/status"));
     assert_conflict(store.resolve_dead_letter(e1.id, "discarded", "user:babis").await, Some("/status"));
-    assert_eq!(store.dead_letter(e1.id).await.unwrap().status, "dead", "still waiting for ops");
-    assert_eq!(store.dead_letter_counts().await.unwrap(), vec![("core.events".to_owned(), 2)], "a leased letter still counts");
+    assert_conflict(store.resolve_dead_letter(e1.id, "replayed", "user:babis").await, Some("/status"));
+    assert_eq!(store.dead_letter(e1.id).await.unwrap(), e1, "still waiting for ops");
+    assert_eq!(store.dead_letter_counts().await.unwrap(), vec![("core.events".to_owned(), 3)], "a leased letter still counts");
     assert_not_found(store.lease_dead_letter(Uuid::now_v7(), lease).await);
 
-    // Released (the replay did not publish): leased or discarded again at once.
-    store.release_dead_letter(e1.id).await.unwrap();
-    store.lease_dead_letter(e1.id, lease).await.unwrap();
-    // The replay holding the lease marks it replayed; then nothing leases it again.
-    let replayed = store.resolve_dead_letter(e1.id, "replayed", "user:anna").await.unwrap();
-    assert_eq!(replayed.status, "replayed");
+    // Released (the replay did not publish): leased again at once; the replay holding the lease
+    // marks it replayed, and then nothing leases it again.
+    store.release_dead_letter(&leased).await.unwrap();
+    let again = store.lease_dead_letter(e1.id, lease).await.unwrap();
+    let replayed = store.mark_replayed(&again, "user:anna").await.unwrap();
+    assert_eq!((replayed.status.as_str(), replayed.resolved_by.as_deref()), ("replayed", Some("user:anna")));
     assert_conflict(store.lease_dead_letter(e1.id, lease).await, Some("/status"));
-    store.release_dead_letter(e1.id).await.unwrap();
+    assert_conflict(store.mark_replayed(&again, "user:anna").await, Some("/status"));
+    store.release_dead_letter(&again).await.unwrap();
     assert_eq!(store.dead_letter(e1.id).await.unwrap(), replayed, "releasing a resolved letter changes nothing");
 
     // A lease that has ended (its replay was cut off) no longer holds the letter.
-    store.lease_dead_letter(e2.id, lease).await.unwrap();
-    let ended = Utc::now() - Duration::seconds(1);
-    store
-        .execute_raw(&format!(
-            "UPDATE dead_letters SET lease_until = '{}' WHERE envelope_id = 'e2'",
-            ended.format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        ))
-        .await
-        .unwrap();
-    let discarded = store.resolve_dead_letter(e2.id, "discarded", "user:babis").await.unwrap();
-    assert_eq!(discarded.status, "discarded");
+    store.lease_dead_letter(e2.id, Duration::seconds(-1)).await.unwrap();
+    assert_eq!(store.resolve_dead_letter(e2.id, "discarded", "user:babis").await.unwrap().status, "discarded");
+
+    // A replay that overran its lease, now another's, can neither release nor resolve it.
+    let overran = store.lease_dead_letter(e3.id, Duration::seconds(-1)).await.unwrap();
+    let current = store.lease_dead_letter(e3.id, lease).await.unwrap();
+    store.release_dead_letter(&overran).await.unwrap();
+    assert_conflict(store.resolve_dead_letter(e3.id, "discarded", "user:babis").await, Some("/status"));
+    assert_conflict(store.mark_replayed(&overran, "user:anna").await, Some("/status"));
+    assert_eq!(store.mark_replayed(&current, "user:babis").await.unwrap().resolved_by.as_deref(), Some("user:babis"));
 
     // Many replays at once: exactly one gets the lease.
-    file(store, "core.events", "e3", dead_at).await;
-    let e3 = all_letters(store).await.into_iter().find(|l| l.envelope_id == "e3").unwrap();
-    let results = futures::future::join_all((0..8).map(|_| store.lease_dead_letter(e3.id, lease))).await;
-    let won = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(won, 1, "{results:?}");
+    file(store, "core.events", "e4", dead_at).await;
+    let e4 = all_letters(store).await.into_iter().find(|l| l.envelope_id == "e4").unwrap();
+    let results = futures::future::join_all((0..8).map(|_| store.lease_dead_letter(e4.id, lease))).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StoreError::Conflict { .. }))), "{results:?}");
 }
 

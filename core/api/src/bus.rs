@@ -14,13 +14,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use crm_bus::message::WaitingRecord;
-use crm_bus::{BusError, Envelope, QueueStats};
+use crm_bus::{Bus, BusError, Envelope, QueueStats};
 use crm_domain::Violations;
 use crm_domain::access::{Action, Area};
-use crm_store::{ConnectorInstance, DeadLetter, MAX_LIMIT, OutboxFailure, Page};
+use crm_store::{ConnectorInstance, DeadLetter, MAX_LIMIT, OutboxFailure, Page, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// The permission rules of the routes below.
@@ -335,18 +336,27 @@ async fn replay(
         envelope.data = serde_json::to_vec(&data).map_err(ApiError::internal)?;
     }
     // Leased first: a second replay of the letter at the same moment is refused, not published.
-    ctx.store.lease_dead_letter(id, REPLAY_LEASE).await.map_err(|e| no_dead_letter(e, id))?;
-    if let Err(err) = publish_replay(&state, &ctx, &letter.consumer, &envelope).await {
-        if let Err(release) = ctx.store.release_dead_letter(id).await {
-            tracing::warn!(dead_letter = %id, error = %release, "cannot release the replay's lease; it ends by itself");
+    // The rest runs as a task of its own, so a client that goes away midway cannot cut it off
+    // between the publish and marking the letter replayed.
+    let lease = ctx.store.lease_dead_letter(id, REPLAY_LEASE).await.map_err(|e| no_dead_letter(e, id))?;
+    let (store, bus, by) = (ctx.store.clone(), state.bus.clone(), ctx.principal.label());
+    let replayed = tokio::spawn(
+        async move {
+            if let Err(err) = publish_replay(&store, &bus, &lease.letter.consumer, &envelope).await {
+                if let Err(release) = store.release_dead_letter(&lease).await {
+                    tracing::warn!(dead_letter = %id, error = %release, "cannot release the replay's lease; it ends by itself");
+                }
+                return Err(err);
+            }
+            tracing::info!(dead_letter = %id, consumer = %lease.letter.consumer, envelope.id = %envelope.id, "dead letter replayed");
+            Ok(store.mark_replayed(&lease, &by).await?)
         }
-        return Err(err);
-    }
-    tracing::info!(dead_letter = %id, consumer = %letter.consumer, envelope.id = %envelope.id, "dead letter replayed");
-    Ok(Json(ctx.store.resolve_dead_letter(id, "replayed", &ctx.principal.label()).await.map_err(|e| no_dead_letter(e, id))?))
+        .in_current_span(),
+    );
+    Ok(Json(replayed.await.map_err(ApiError::internal)??))
 }
 
-/// How long a replay holds its dead letter: well beyond the bus's confirm timeout, so only a
+/// How long a replay holds its dead letter: far beyond the bus's confirm timeout, so only a
 /// replay cut off midway (the server stopped) lets its lease end by itself.
 const REPLAY_LEASE: chrono::Duration = chrono::Duration::minutes(5);
 
@@ -354,16 +364,16 @@ const REPLAY_LEASE: chrono::Duration = chrono::Duration::minutes(5);
 /// (before the publish: the connector's "sent" may come at once); refused for sure, it is failed
 /// again as it was; when the bus may have taken it (no confirm, connection lost), it stays
 /// queued: a later discard fails it.
-async fn publish_replay(state: &AppState, ctx: &Ctx, consumer: &str, envelope: &Envelope) -> ApiResult<()> {
+async fn publish_replay(store: &Store, bus: &Bus, consumer: &str, envelope: &Envelope) -> ApiResult<()> {
     let requeued = match WaitingRecord::of(envelope) {
-        Some(WaitingRecord::Entry(entry_id)) => ctx.store.requeue_failed_delivery(entry_id).await?.map(|reason| (entry_id, reason)),
+        Some(WaitingRecord::Entry(entry_id)) => store.requeue_failed_delivery(entry_id).await?.map(|reason| (entry_id, reason)),
         Some(WaitingRecord::Media(_)) | None => None,
     };
-    match state.bus.replay(consumer, envelope).await {
+    match bus.replay(consumer, envelope).await {
         Ok(()) => Ok(()),
         Err(BusError::Invalid(detail) | BusError::Rejected(detail)) => {
             if let Some((entry_id, reason)) = requeued {
-                ctx.store.fail_queued_delivery(entry_id, reason).await?;
+                store.fail_queued_delivery(entry_id, reason).await?;
             }
             Err(ApiError::Conflict { pointer: Some("/consumer".into()), detail: format!("cannot replay to {consumer}: {detail}") })
         }

@@ -30,7 +30,7 @@ pub use auth::{ApiKeyFilter, RefreshOutcome, UserFilter};
 pub use comms::{Assigned, DeliveryRecorded, EXT_KEY_MAX_ID_BYTES, FileStored, HELD_REPORTS_KEPT, InboundEntry, Logged, ext_key};
 pub use db::{Backend, Store, StoreConfig, redact_url};
 pub use error::StoreError;
-pub use outbox::{ConnectorInstance, DeadLetter, OutboxFailure, OutboxMessage, OutboxRetry};
+pub use outbox::{ConnectorInstance, DeadLetter, DeadLetterLease, OutboxFailure, OutboxMessage, OutboxRetry};
 pub use query::{
     CommsFilter, Condition, CustomerFilter, DEFAULT_LIMIT, ListFilter, ListQuery, MAX_LIMIT, MediaFilter, OrderFilter, Page, ProductFilter,
     SortDirection,

@@ -101,6 +101,16 @@ pub struct DeadLetter {
     pub resolved_by: Option<String>,
 }
 
+/// A replay's hold on a dead letter, from [`Store::lease_dead_letter`]: only the replay that
+/// took it can release it or mark the letter replayed.
+#[derive(Debug, Clone)]
+pub struct DeadLetterLease {
+    /// The letter, as it was when leased.
+    pub letter: DeadLetter,
+    /// When the lease ends; also what tells this lease from a later one on the same letter.
+    until: DateTime<Utc>,
+}
+
 /// A connector instance as its last heartbeat described it.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConnectorInstance {
@@ -304,60 +314,72 @@ impl Store {
 
     /// One dead letter.
     pub async fn dead_letter(&self, id: Uuid) -> Result<DeadLetter> {
-        let mut sql = Sql::new(format!("SELECT {} FROM dead_letters WHERE id = ", dead_letter_columns(self.backend())));
-        sql.bind(Value::Uuid(Some(id)));
-        self.fetch_all(&sql).await?.first().map(decode_dead_letter).ok_or(StoreError::NotFound)?
+        self.fetch_all(&select_dead_letter(self.backend(), id)).await?.first().map(decode_dead_letter).ok_or(StoreError::NotFound)?
     }
 
     /// Leases a dead letter to the replay about to publish it, for `lease`: until then, or until
     /// [`Store::release_dead_letter`], another replay or a discard of it is refused, so a letter
     /// is never published twice by two replays at once. Refuses a letter already resolved or
     /// leased. A replay cut off midway leaves its lease to end by itself.
-    pub async fn lease_dead_letter(&self, id: Uuid, lease: Duration) -> Result<DeadLetter> {
+    pub async fn lease_dead_letter(&self, id: Uuid, lease: Duration) -> Result<DeadLetterLease> {
         let now = now();
+        let until = now + lease;
         let mut tx = self.begin().await?;
         let mut sql = Sql::new("UPDATE dead_letters SET lease_until = ");
-        sql.bind(Value::Time(Some(now + lease)));
+        sql.bind(Value::Time(Some(until)));
         sql.push(" WHERE status = 'dead' AND id = ").bind(Value::Uuid(Some(id)));
         push_not_leased(&mut sql, now);
         let changed = tx.execute(&sql).await?;
-        tx.commit().await?;
-        let letter = self.dead_letter(id).await?;
+        // Read in the same transaction: a lease is only taken along with the letter it is for.
+        let letter = dead_letter_in(&mut tx, id).await?;
         if changed == 0 {
             return Err(refusal(&letter));
         }
-        Ok(letter)
+        tx.commit().await?;
+        Ok(DeadLetterLease { letter, until })
     }
 
-    /// Gives back the lease of a replay that did not publish: the letter can be replayed or
-    /// discarded again at once.
-    pub async fn release_dead_letter(&self, id: Uuid) -> Result<()> {
+    /// Gives back the lease of a replay that did not publish, so the letter can be replayed or
+    /// discarded again at once; a lease that has ended and been taken by another replay since is
+    /// left to that replay.
+    pub async fn release_dead_letter(&self, lease: &DeadLetterLease) -> Result<()> {
         let mut tx = self.begin().await?;
-        let mut sql = Sql::new("UPDATE dead_letters SET lease_until = NULL WHERE status = 'dead' AND id = ");
-        sql.bind(Value::Uuid(Some(id)));
+        let mut sql = Sql::new("UPDATE dead_letters SET lease_until = NULL");
+        push_held(&mut sql, lease);
         tx.execute(&sql).await?;
         tx.commit().await
     }
 
-    /// Marks a dead letter `replayed` (by the replay holding its lease, once the bus has its
-    /// message) or `discarded` (refused while a replay holds a lease); refuses one already
-    /// resolved.
+    /// Marks a leased dead letter `replayed`, once the bus has its message. Refused (a
+    /// conflict) when the lease is no longer this replay's.
+    pub async fn mark_replayed(&self, lease: &DeadLetterLease, by: &str) -> Result<DeadLetter> {
+        let mut sql = Sql::new("UPDATE dead_letters SET status = 'replayed', resolved_at = ");
+        sql.bind(Value::Time(Some(now()))).push(", resolved_by = ").bind(Value::Text(Some(by.into()))).push(", lease_until = NULL");
+        push_held(&mut sql, lease);
+        self.resolve(lease.letter.id, &sql).await
+    }
+
+    /// Marks a dead letter `replayed` (when it was put back on its queue some other way) or
+    /// `discarded`; refuses one already resolved or leased to a replay.
     pub async fn resolve_dead_letter(&self, id: Uuid, status: &str, by: &str) -> Result<DeadLetter> {
         let now = now();
-        let mut tx = self.begin().await?;
         let mut sql = Sql::new("UPDATE dead_letters SET status = ");
         sql.bind(Value::Text(Some(status.into()))).push(", resolved_at = ").bind(Value::Time(Some(now)));
-        sql.push(", resolved_by = ").bind(Value::Text(Some(by.into()))).push(", lease_until = NULL");
+        sql.push(", resolved_by = ").bind(Value::Text(Some(by.into())));
         sql.push(" WHERE status = 'dead' AND id = ").bind(Value::Uuid(Some(id)));
-        if status != "replayed" {
-            push_not_leased(&mut sql, now);
-        }
-        let changed = tx.execute(&sql).await?;
-        tx.commit().await?;
-        let letter = self.dead_letter(id).await?;
+        push_not_leased(&mut sql, now);
+        self.resolve(id, &sql).await
+    }
+
+    /// Runs `update`, which resolves dead letter `id` when it may; the letter, or why not.
+    async fn resolve(&self, id: Uuid, update: &Sql) -> Result<DeadLetter> {
+        let mut tx = self.begin().await?;
+        let changed = tx.execute(update).await?;
+        let letter = dead_letter_in(&mut tx, id).await?;
         if changed == 0 {
             return Err(refusal(&letter));
         }
+        tx.commit().await?;
         Ok(letter)
     }
 
@@ -446,6 +468,23 @@ fn json_text(backend: crate::Backend, column: &str) -> String {
         crate::Backend::Sqlite => column.to_owned(),
         crate::Backend::Postgres => format!("{column}::text"),
     }
+}
+
+/// A dead letter as read inside `tx`.
+async fn dead_letter_in(tx: &mut Tx, id: Uuid) -> Result<DeadLetter> {
+    tx.fetch_all(&select_dead_letter(tx.backend(), id)).await?.first().map(decode_dead_letter).ok_or(StoreError::NotFound)?
+}
+
+fn select_dead_letter(backend: crate::Backend, id: Uuid) -> Sql {
+    let mut sql = Sql::new(format!("SELECT {} FROM dead_letters WHERE id = ", dead_letter_columns(backend)));
+    sql.bind(Value::Uuid(Some(id)));
+    sql
+}
+
+/// Only the dead letter `lease` is for, while that lease is still the one it holds.
+fn push_held(sql: &mut Sql, lease: &DeadLetterLease) {
+    sql.push(" WHERE status = 'dead' AND id = ").bind(Value::Uuid(Some(lease.letter.id)));
+    sql.push(" AND lease_until = ").bind(Value::Time(Some(lease.until)));
 }
 
 /// Only a dead letter no replay holds a lease on (or whose lease has ended).
