@@ -432,6 +432,29 @@ async fn agents_reach_their_customers_files(app: &TestApp) {
     let response = agent.get(app.url(&format!("/api/v1/media/{}/content", id(&their_file)))).send().await.expect("request");
     expect_problem(response, StatusCode::FORBIDDEN).await;
 
+    // A file of their customer stays theirs when its draft order moves to my customer: neither
+    // listed nor readable (the file's own customer decides when it has one).
+    let moving = create(app, "/api/v1/orders", &json!({"customer_id": id(&theirs)})).await;
+    let their_order_file = create(
+        app,
+        "/api/v1/media",
+        &json!({"customer_id": id(&theirs), "order_id": id(&moving), "filename": "d.jpg", "nextcloud_path": "x/d.jpg"}),
+    )
+    .await;
+    let moved = app
+        .client
+        .patch(app.url(&format!("/api/v1/orders/{}", id(&moving))))
+        .header("content-type", "application/merge-patch+json")
+        .body(json!({"customer_id": id(&mine)}).to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(expect_json(moved, StatusCode::OK).await["customer_id"], json!(id(&mine)));
+    let page = expect_json(agent.get(app.url("/api/v1/media")).send().await.expect("request"), StatusCode::OK).await;
+    assert_eq!(item_ids(&page), [id(&my_order_file), id(&my_file)]);
+    let response = agent.get(app.url(&format!("/api/v1/media/{}", id(&their_order_file)))).send().await.expect("request");
+    expect_problem(response, StatusCode::FORBIDDEN).await;
+
     // Uploads only for their own customers.
     let response =
         upload_as(app, &agent, &[Part::Text("customer_id", id(&theirs)), Part::File { filename: "a", content_type: None, bytes: b"x" }])

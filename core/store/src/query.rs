@@ -112,7 +112,8 @@ enum Cond {
     CustomerTag(String),
     /// The record's customer is assigned to this user.
     CustomerAssignedTo(Uuid),
-    /// The record's customer, or its order's customer, is assigned to this user.
+    /// The record's customer is assigned to this user, or it has no customer and its order's
+    /// customer is (the rule reading one record by id applies too).
     CustomerOrOrderAssignedTo(Uuid),
 }
 
@@ -137,9 +138,9 @@ impl Condition {
             Cond::CustomerOrOrderAssignedTo(user) => sql
                 .push(" AND (customer_id IN (SELECT id FROM customers WHERE assigned_to = ")
                 .bind(Value::Uuid(Some(user)))
-                .push(") OR order_id IN (SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.assigned_to = ")
+                .push(") OR (customer_id IS NULL AND order_id IN (SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.assigned_to = ")
                 .bind(Value::Uuid(Some(user)))
-                .push("))"),
+                .push(")))"),
         };
     }
 }
