@@ -15,6 +15,7 @@ crm_tests::api_on_both_backends!(
     manual_entries_list_and_timeline,
     invalid_entries_are_refused_with_pointers,
     edits_change_only_subject_body_and_time,
+    edits_check_only_what_changes,
     deleted_entries_can_be_restored,
     agents_see_only_their_customers_entries,
 );
@@ -114,6 +115,9 @@ async fn invalid_entries_are_refused_with_pointers(app: &TestApp) {
         (json!({"customer_id": id(&customer), "type": "note"}), vec!["/body"]),
         (json!({"customer_id": id(&customer), "type": "fax", "body": "x"}), vec!["/type"]),
         (json!({"customer_id": id(&customer), "type": "note", "body": "x", "occurred_at": "2999-01-01T00:00:00Z"}), vec!["/occurred_at"]),
+        // Years PostgreSQL cannot store (a 500 there before) or SQLite cannot order as text.
+        (json!({"customer_id": id(&customer), "type": "note", "body": "x", "occurred_at": "-5000-01-01T00:00:00Z"}), vec!["/occurred_at"]),
+        (json!({"customer_id": id(&customer), "type": "note", "body": "x", "occurred_at": "0000-06-01T00:00:00Z"}), vec!["/occurred_at"]),
         (json!({"customer_id": id(&customer), "type": "note", "body": "x", "colour": "red"}), vec!["/colour"]),
         (json!({"customer_id": uuid::Uuid::now_v7(), "type": "note", "body": "x"}), vec!["/customer_id"]),
     ];
@@ -132,6 +136,53 @@ async fn invalid_entries_are_refused_with_pointers(app: &TestApp) {
     assert!(note["logged_by"].as_str().is_some_and(|by| by.starts_with("api_key:")), "{note:#}");
     let page = expect_json(get_query(app, "/api/v1/comms", &[("customer_id", id(&customer))]).await, StatusCode::OK).await;
     assert_eq!(item_ids(&page), [id(&note)], "nothing else was logged");
+
+    // Time filters outside the years 1 to 9999 are refused too (SQLite would compare them as
+    // text and answer differently from PostgreSQL).
+    for (path, name) in [("/api/v1/comms", "occurred_to"), ("/api/v1/comms", "occurred_from"), ("/api/v1/customers", "created_from")] {
+        let problem = expect_problem(get_query(app, path, &[(name, "+10000-01-01T00:00:00Z")]).await, StatusCode::BAD_REQUEST).await;
+        assert_eq!(pointers(&problem), [format!("/{name}")], "{path}?{name}: {problem:#}");
+    }
+}
+
+/// An edit checks only the fields it changes: an inbound entry may hold a body longer than the
+/// API takes, or a date from a sender's wrong clock, and must stay editable. Emptying both the
+/// subject and the body is refused, as on create.
+async fn edits_check_only_what_changes(app: &TestApp) {
+    let customer = create_customer(app, "Στέλιος Μπιμπης").await;
+    let mut inbound = crm_domain::comms::CommsInput {
+        customer_id: Some(id(&customer).parse().unwrap()),
+        kind: Some(crm_domain::comms::CommsType::Email),
+        direction: Some(crm_domain::comms::Direction::Inbound),
+        body: Some("x".into()),
+        ..Default::default()
+    }
+    .parse_new("email".into(), chrono::Utc::now())
+    .expect("valid");
+    inbound.body = "α".repeat(150_000);
+    inbound.occurred_at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now() + chrono::Duration::days(800), 6);
+    let stored = app.db.store.create(inbound).await.expect("logged as ingest would");
+    let path = format!("/api/v1/comms/{}", stored.id);
+
+    let edited = expect_json(patch(app, &path, None, &json!({"subject": "Καμπάνα"})).await, StatusCode::OK).await;
+    assert_eq!(edited["subject"], "Καμπάνα");
+    assert_eq!(edited["body"].as_str().map(|b| b.chars().count()), Some(150_000), "the body is kept as it was");
+    let problem =
+        expect_problem(patch(app, &path, None, &json!({"body": "β".repeat(100_001)})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(pointers(&problem), ["/body"], "a changed body is checked");
+    let problem =
+        expect_problem(patch(app, &path, None, &json!({"occurred_at": "2999-01-01T00:00:00Z"})).await, StatusCode::UNPROCESSABLE_ENTITY)
+            .await;
+    assert_eq!(pointers(&problem), ["/occurred_at"], "a changed time is checked");
+    let moved = expect_json(patch(app, &path, None, &json!({"occurred_at": "2025-01-11T08:30:00Z"})).await, StatusCode::OK).await;
+    assert_eq!(moved["occurred_at"], "2025-01-11T08:30:00Z");
+
+    let note = create(app, "/api/v1/comms", &json!({"customer_id": id(&customer), "type": "note", "body": "σημείωση"})).await;
+    let path = format!("/api/v1/comms/{}", id(&note));
+    let problem = expect_problem(patch(app, &path, None, &json!({"body": ""})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(pointers(&problem), ["/body"], "neither subject nor body left");
+    let edited = expect_json(patch(app, &path, None, &json!({"body": "", "subject": "Θέμα"})).await, StatusCode::OK).await;
+    assert_eq!((&edited["subject"], &edited["body"]), (&json!("Θέμα"), &json!("")));
 }
 
 async fn edits_change_only_subject_body_and_time(app: &TestApp) {

@@ -78,6 +78,15 @@ async fn validation_names_every_field(app: &TestApp) {
         .unwrap();
     assert_eq!(pointers(&expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await), ["/tags/1"]);
     assert_eq!(crate::expect_json(app.client.get(&path).send().await.unwrap(), StatusCode::OK).await, customer);
+
+    // Times outside the years 1 to 9999 (PostgreSQL refused some with a 500 before).
+    let body =
+        json!({"name": "Στέλιος", "notes": [{"text": "x", "at": "-5000-01-01T00:00:00Z"}], "next_follow_up_at": "+10000-01-01T00:00:00Z"});
+    let problem = expect_problem(post(app, "/api/v1/customers", &body).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(pointers(&problem), ["/notes/0/at", "/next_follow_up_at"]);
+    let body = json!({"customer_id": id(&customer), "shipping": {"shipped_at": "-0001-01-01T00:00:00Z", "delivered_at": "+10000-01-01T00:00:00Z"}});
+    let problem = expect_problem(post(app, "/api/v1/orders", &body).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(pointers(&problem), ["/shipping/shipped_at", "/shipping/delivered_at"]);
 }
 
 async fn type_errors_name_the_field(app: &TestApp) {

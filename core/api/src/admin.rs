@@ -184,8 +184,10 @@ pub(crate) struct AuditParams {
     /// On this record.
     resource_id: Option<Uuid>,
     /// At or after (RFC 3339).
+    #[serde(default, deserialize_with = "crm_domain::deserialize_storable_time")]
     from: Option<DateTime<Utc>>,
     /// Before (RFC 3339).
+    #[serde(default, deserialize_with = "crm_domain::deserialize_storable_time")]
     to: Option<DateTime<Utc>>,
     /// Cursor from the previous page.
     cursor: Option<String>,

@@ -46,8 +46,10 @@ pub(crate) struct CommsParams {
     #[param(value_type = Option<String>)]
     direction: Option<Direction>,
     /// Happened at or after this time (RFC 3339).
+    #[serde(default, deserialize_with = "crm_domain::deserialize_storable_time")]
     occurred_from: Option<DateTime<Utc>>,
     /// Happened before this time (RFC 3339).
+    #[serde(default, deserialize_with = "crm_domain::deserialize_storable_time")]
     occurred_to: Option<DateTime<Utc>>,
     /// In this conversation (the id of its first entry).
     thread_id: Option<Uuid>,

@@ -150,8 +150,10 @@ pub(crate) struct ListParams {
     /// Include soft-deleted records.
     pub include_deleted: Option<bool>,
     /// Created at or after this time (RFC 3339).
+    #[serde(default, deserialize_with = "crm_domain::deserialize_storable_time")]
     pub created_from: Option<DateTime<Utc>>,
     /// Created before this time (RFC 3339).
+    #[serde(default, deserialize_with = "crm_domain::deserialize_storable_time")]
     pub created_to: Option<DateTime<Utc>>,
 }
 

@@ -346,7 +346,9 @@ impl CommsInput {
         if kind != CommsType::Note && direction == Direction::Internal {
             errors.push("/direction", "only notes are internal");
         }
-        let (subject, body, occurred_at) = parse_text(&self, &mut errors, now);
+        let subject = parse_subject(self.subject.as_deref(), &mut errors);
+        let body = parse_body(self.body.unwrap_or_default(), &mut errors);
+        let occurred_at = parse_occurred_at(self.occurred_at, now, &mut errors);
         if body.is_empty() && subject.is_none() {
             errors.push("/body", "a subject or a body is required");
         }
@@ -387,24 +389,48 @@ impl CommsInput {
         if self.direction.is_some_and(|d| d != current.direction) {
             errors.push("/direction", "cannot be changed");
         }
-        let occurred_default = CommsInput { occurred_at: self.occurred_at.or(Some(current.occurred_at)), ..self.clone() };
-        let (subject, body, occurred_at) = parse_text(&occurred_default, &mut errors, now);
+        // Only what changes is checked: an inbound entry may hold what the API would not take
+        // (a longer body, a date from a sender's wrong clock) and must stay editable.
+        let subject = if self.subject.as_deref() == current.subject.as_deref() {
+            current.subject.clone()
+        } else {
+            parse_subject(self.subject.as_deref(), &mut errors)
+        };
+        let body = match self.body.unwrap_or_default() {
+            body if body == current.body => body,
+            body => parse_body(body, &mut errors),
+        };
+        let occurred_at = match self.occurred_at {
+            Some(at) if at != current.occurred_at => parse_occurred_at(Some(at), now, &mut errors),
+            _ => current.occurred_at,
+        };
+        if body.is_empty() && subject.is_none() && (body != current.body || subject != current.subject) {
+            errors.push("/body", "a subject or a body is required");
+        }
         errors.finish(|| CommsEntry { subject, body, occurred_at, ..current.clone() })
     }
 }
 
-fn parse_text(input: &CommsInput, errors: &mut Violations, now: DateTime<Utc>) -> (Option<String>, String, DateTime<Utc>) {
-    let subject = errors.check("/subject", optional_text(input.subject.as_deref().unwrap_or(""), 998)).flatten();
-    let body = input.body.clone().unwrap_or_default();
+fn parse_subject(subject: Option<&str>, errors: &mut Violations) -> Option<String> {
+    errors.check("/subject", optional_text(subject.unwrap_or(""), 998)).flatten()
+}
+
+fn parse_body(body: String, errors: &mut Violations) -> String {
     if body.chars().count() > 100_000 {
         errors.push("/body", "must be at most 100000 characters");
     }
-    // Microseconds: what both databases keep, so the JSON and the indexed column agree.
-    let occurred_at = chrono::SubsecRound::trunc_subsecs(input.occurred_at.unwrap_or(now), 6);
+    body
+}
+
+/// When it happened (now when not given), to the microsecond: what both databases keep, so
+/// the JSON and the indexed column agree.
+fn parse_occurred_at(occurred_at: Option<DateTime<Utc>>, now: DateTime<Utc>, errors: &mut Violations) -> DateTime<Utc> {
+    let occurred_at = errors.check("/occurred_at", crate::storable_time(occurred_at)).flatten();
+    let occurred_at = chrono::SubsecRound::trunc_subsecs(occurred_at.unwrap_or(now), 6);
     if occurred_at > now + chrono::Duration::days(366) {
         errors.push("/occurred_at", "is more than a year in the future");
     }
-    (subject, body, occurred_at)
+    occurred_at
 }
 
 /// Which way a file went.

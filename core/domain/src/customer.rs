@@ -211,7 +211,8 @@ impl CustomerInput {
             .filter_map(|(i, note)| {
                 let text = errors.check(format!("/notes/{i}/text"), required_text(&note.text, 20_000))?;
                 let by = errors.check(format!("/notes/{i}/by"), optional_text(note.by.as_deref().unwrap_or(""), 200)).flatten();
-                Some(Note { text, by, at: Some(note.at.unwrap_or(now)) })
+                let at = errors.check(format!("/notes/{i}/at"), crate::storable_time(note.at))?;
+                Some(Note { text, by, at: Some(at.unwrap_or(now)) })
             })
             .collect();
         let location = self.location.unwrap_or_default();
@@ -238,6 +239,7 @@ impl CustomerInput {
             .collect();
         let nextcloud_folder =
             errors.check("/nextcloud_folder", optional_text(self.nextcloud_folder.as_deref().unwrap_or(""), 1_000)).flatten();
+        let next_follow_up_at = errors.check("/next_follow_up_at", crate::storable_time(self.next_follow_up_at)).flatten();
         errors.finish(|| Customer {
             name: name.unwrap_or_default(),
             organization,
@@ -252,7 +254,7 @@ impl CustomerInput {
             status: self.status.unwrap_or_default(),
             assigned_to: self.assigned_to,
             contacted: self.contacted.unwrap_or(false),
-            next_follow_up_at: self.next_follow_up_at,
+            next_follow_up_at,
         })
     }
 }

@@ -28,6 +28,6 @@ pub mod record;
 mod search;
 pub mod user;
 
-pub use error::{FieldError, Violations};
+pub use error::{FieldError, Violations, deserialize_storable_time, storable_time};
 pub use record::{Record, strip_read_only};
 pub use search::{fold_for_search, search_terms};

@@ -594,6 +594,9 @@ impl OrderInput {
         }
         let invoice_path = errors.check("/invoice_path", optional_text(self.invoice_path.as_deref().unwrap_or(""), 1_000)).flatten();
         let notes = errors.check("/notes", optional_text(self.notes.as_deref().unwrap_or(""), 20_000)).flatten();
+        let mut shipping = self.shipping.unwrap_or_default();
+        shipping.shipped_at = errors.check("/shipping/shipped_at", crate::storable_time(shipping.shipped_at)).flatten();
+        shipping.delivered_at = errors.check("/shipping/delivered_at", crate::storable_time(shipping.delivered_at)).flatten();
         let mut order = Order {
             customer_id: self.customer_id.unwrap_or_default(),
             order_number: String::new(),
@@ -608,7 +611,7 @@ impl OrderInput {
             pricing_notes: Vec::new(),
             priced_by: None,
             currency,
-            shipping: self.shipping.unwrap_or_default(),
+            shipping,
             payment_status: self.payment_status.unwrap_or_default(),
             invoice_path,
             notes,
