@@ -209,12 +209,23 @@ pub struct ContactInput {
     pub primary: bool,
 }
 
+/// The longest contact label, in characters.
+pub const LABEL_MAX_CHARS: usize = 100;
+
+/// A label for a contact taken from a message (the sender's display name): trimmed, cut to
+/// [`LABEL_MAX_CHARS`], none when empty; so the customer stays savable as read.
+pub fn label_from_name(name: Option<&str>) -> Option<String> {
+    let name = name?.trim();
+    let cut = name.char_indices().nth(LABEL_MAX_CHARS).map_or(name, |(at, _)| name[..at].trim_end());
+    (!cut.is_empty()).then(|| cut.to_owned())
+}
+
 /// Parses contact entries, recording problems under `pointer` (e.g. `/contacts`).
 pub fn parse_contacts(inputs: Vec<ContactInput>, region: Region, pointer: &str, errors: &mut Violations) -> Vec<Contact> {
     let mut contacts = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.into_iter().enumerate() {
         let at = format!("{pointer}/{i}");
-        let label = errors.check(format!("{at}/label"), optional_text(input.label.as_deref().unwrap_or(""), 100)).flatten();
+        let label = errors.check(format!("{at}/label"), optional_text(input.label.as_deref().unwrap_or(""), LABEL_MAX_CHARS)).flatten();
         let Some(value) = errors.check(format!("{at}/value"), required_text(&input.value, 320)) else { continue };
         let normalized = match input.kind {
             ContactType::Email => errors.check(format!("{at}/value"), Email::parse(&value)).map(|e| e.canonical()),
@@ -241,6 +252,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::path::PathBuf;
+
+    /// A sender's display name becomes a label the contact parser would accept.
+    #[test]
+    fn labels_from_display_names_fit_a_contact() {
+        assert_eq!(label_from_name(Some("  Μαρία Οικονόμου ")), Some("Μαρία Οικονόμου".into()));
+        assert_eq!(label_from_name(Some("   ")), None);
+        assert_eq!(label_from_name(None), None);
+        let long = format!("{} {}", "Ε".repeat(99), "ρ".repeat(60));
+        let label = label_from_name(Some(&long)).expect("a label");
+        assert_eq!(label, "Ε".repeat(99), "cut at 100 characters, the trailing space trimmed");
+        let mut errors = Violations::default();
+        let input = ContactInput { kind: ContactType::Email, label: Some(label), value: "maria@example.gr".into(), primary: false };
+        assert_eq!(parse_contacts(vec![input], Region::GR, "/contacts", &mut errors).len(), 1);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
 
     #[test]
     fn greek_numbers_in_every_usual_spelling_normalise_alike() {

@@ -552,7 +552,8 @@ impl Store {
             let known = customer.data.contacts.iter().any(|c| c.normalized == normalized);
             if !known {
                 let mut next = customer.data.clone();
-                next.contacts.push(Contact { kind, label: address.name.clone(), value: address.value.clone(), normalized, primary: false });
+                let label = crm_domain::contact::label_from_name(address.name.as_deref());
+                next.contacts.push(Contact { kind, label, value: address.value.clone(), normalized, primary: false });
                 let updated = overwrite(&mut tx, &customer, next, now).await?;
                 audit::record_change(&mut tx, &self.actor, "update", "customers", customer_id, Some(&customer.data), Some(&updated.data))
                     .await?;
