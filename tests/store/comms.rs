@@ -290,7 +290,10 @@ async fn entries_and_media_are_resources(db: &TestDb) {
     let second = store.create(second).await.unwrap();
     assert_conflict(store.update::<CommsEntry>(second.id, None, sent.clone()).await, Some("/ext_message_id"));
     assert_eq!(entry_of(store, second.id).await.version, 1, "a refused update changes nothing");
-    // A deleted message still holds its id: a redelivery must not log it again.
+    // A message on its way is not deleted (deleting would not stop it); once it has an outcome
+    // it can be. A deleted message still holds its id: a redelivery must not log it again.
+    assert_conflict(store.delete::<CommsEntry>(first.id, None).await, Some("/delivery_status"));
+    store.record_delivery(Some(first.id), None, DeliveryStatus::Sent, None).await.unwrap();
     store.delete::<CommsEntry>(first.id, None).await.unwrap();
     assert_conflict(store.create(sent).await, Some("/ext_message_id"));
 
@@ -1105,6 +1108,8 @@ async fn file_results_update_media_and_attachment(db: &TestDb) {
     assert!(store.record_file_result(Uuid::now_v7(), stored.clone()).await.unwrap().is_none());
     let gone =
         store.create(Media { status: MediaStatus::Pending, nextcloud_path: None, ..media(Some(customer.id), "gone.jpg") }).await.unwrap();
+    assert_conflict(store.delete::<Media>(gone.id, None).await, Some("/status"));
+    store.record_file_result(gone.id, FileStored::Failed { reason: "disk full".into() }).await.unwrap().unwrap();
     let deleted = store.delete::<Media>(gone.id, None).await.unwrap();
     assert!(store.record_file_result(gone.id, stored).await.unwrap().is_none(), "a report for deleted media is ignored");
     assert_eq!(store.get::<Media>(gone.id, true).await.unwrap(), deleted);
@@ -1237,6 +1242,7 @@ async fn assigning_gives_the_files_to_the_customer(db: &TestDb) {
     // One file is stored already, one was deleted: both go with the entry.
     let stored = FileStored::Stored { path: "inbox/x/1-a.jpg".into(), size: 3, sha256: "ab".repeat(32) };
     store.record_file_result(first.media[0].0, stored).await.unwrap().unwrap();
+    store.record_file_result(first.media[1].0, FileStored::Failed { reason: "disk full".into() }).await.unwrap().unwrap();
     store.delete::<Media>(first.media[1].0, None).await.unwrap();
 
     let assigned = store.assign_unmatched(first.id, customer.id, None).await.unwrap();

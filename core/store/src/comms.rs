@@ -30,6 +30,18 @@ impl Table for CommsEntry {
         sort("updated_at", "updated_at", SortKind::Time),
     ];
 
+    /// A message on its way to a connector is not deleted: its command is already in the
+    /// outbox or on the bus, and deleting the entry would not stop it, only hide its outcome.
+    fn check_delete(current: &Record<Self>) -> Result<()> {
+        match current.data.delivery_status {
+            Some(DeliveryStatus::Queued) => Err(StoreError::conflict(
+                Some("/delivery_status"),
+                "the message is queued for sending: it can be deleted once it is sent or has failed",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn columns(&self) -> Vec<(&'static str, Value)> {
         vec![
             ("customer_id", Value::Uuid(self.customer_id)),
@@ -87,6 +99,18 @@ impl Table for Media {
     const TABLE: &'static str = "media";
     const SORTS: &'static [crate::query::SortKey] =
         &[sort("created_at", "created_at", SortKind::Time), sort("updated_at", "updated_at", SortKind::Time)];
+
+    /// A file the files connector is still storing is not deleted: the store command is on its
+    /// way, and its result would be lost on a deleted record.
+    fn check_delete(current: &Record<Self>) -> Result<()> {
+        match current.data.status {
+            MediaStatus::Pending => Err(StoreError::conflict(
+                Some("/status"),
+                "the file is still being stored: it can be deleted once it is stored or has failed",
+            )),
+            _ => Ok(()),
+        }
+    }
 
     fn columns(&self) -> Vec<(&'static str, Value)> {
         vec![
