@@ -143,34 +143,25 @@ async fn a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(transport
     bus.cleanup().await;
 }
 
-/// Runs each scenario on both transports and both backends, a module per scenario.
+/// Runs each scenario on both transports and both backends: a module per combination, as the
+/// hub's `scenarios!` lays them out.
 macro_rules! on_every_bus_and_backend {
     ($($scenario:ident),* $(,)?) => {
-        $(
-            mod $scenario {
-                use super::*;
-
+        on_every_bus_and_backend!(@mod in_process_sqlite, Transport::InProcess, Backend::Sqlite, $($scenario),*);
+        on_every_bus_and_backend!(@mod in_process_postgres, Transport::InProcess, Backend::Postgres, $($scenario),*);
+        on_every_bus_and_backend!(@mod rabbitmq_sqlite, Transport::RabbitMq, Backend::Sqlite, $($scenario),*);
+        on_every_bus_and_backend!(@mod rabbitmq_postgres, Transport::RabbitMq, Backend::Postgres, $($scenario),*);
+    };
+    (@mod $module:ident, $transport:expr, $backend:expr, $($scenario:ident),*) => {
+        mod $module {
+            use super::*;
+            $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn in_process_sqlite() {
-                    super::$scenario(Transport::InProcess, Backend::Sqlite).await;
+                async fn $scenario() {
+                    super::$scenario($transport, $backend).await;
                 }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn in_process_postgres() {
-                    super::$scenario(Transport::InProcess, Backend::Postgres).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn rabbitmq_sqlite() {
-                    super::$scenario(Transport::RabbitMq, Backend::Sqlite).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn rabbitmq_postgres() {
-                    super::$scenario(Transport::RabbitMq, Backend::Postgres).await;
-                }
-            }
-        )*
+            )*
+        }
     };
 }
 
