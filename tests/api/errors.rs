@@ -268,6 +268,10 @@ async fn query_parameters_are_checked(app: &TestApp) {
         ("/api/v1/customers?search=%00", &["/search"]),
         ("/api/v1/customers?tag=bells%00&search=x", &["/tag"]),
         ("/api/v1/orders?search=ORD%00", &["/search"]),
+        // A range that ends before it starts.
+        ("/api/v1/customers?created_from=2026-02-01T00:00:00Z&created_to=2026-01-01T00:00:00Z", &["/created_to"]),
+        ("/api/v1/comms?occurred_from=2026-02-01T00:00:00Z&occurred_to=2026-01-31T23:59:59Z", &["/occurred_to"]),
+        ("/api/v1/audit?from=2026-02-01T00:00:00%2B02:00&to=2026-01-31T21:00:00Z", &["/to"]),
     ];
     for (path, expected) in cases {
         let problem = expect_problem(get(app, path).await, StatusCode::BAD_REQUEST).await;
@@ -286,6 +290,19 @@ async fn query_parameters_are_checked(app: &TestApp) {
     )
     .await;
     assert_eq!(pointers(&problem), ["/cursor"]);
+    // ... and to its filters and search: continuing another listing would skip records.
+    let problem = expect_problem(
+        crate::get_query(app, "/api/v1/customers", &[("limit", "1"), ("search", "μαρια"), ("cursor", &cursor)]).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(pointers(&problem), ["/cursor"], "{problem:#}");
+    let same =
+        crate::expect_json(crate::get_query(app, "/api/v1/customers", &[("limit", "1"), ("cursor", &cursor)]).await, StatusCode::OK).await;
+    assert_eq!(same["items"].as_array().map(Vec::len), Some(1), "{same:#}");
+    // Times are compared as instants, whatever their zones.
+    let zoned = [("created_from", "2026-02-01T00:00:00+02:00"), ("created_to", "2026-01-31T23:00:00Z")];
+    crate::expect_json(crate::get_query(app, "/api/v1/customers", &zoned).await, StatusCode::OK).await;
     // Unknown parameters on item routes are refused too.
     let problem =
         expect_problem(get(app, &format!("/api/v1/customers/{}?expand=orders", uuid::Uuid::now_v7())).await, StatusCode::BAD_REQUEST).await;

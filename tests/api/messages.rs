@@ -17,12 +17,22 @@ crm_tests::api_on_both_backends!(
     replies_join_the_thread,
     recipients_default_to_the_customers_contacts,
     refused_messages_write_nothing,
+    the_longest_message_the_limits_allow_is_taken,
+    a_retry_with_its_idempotency_key_sends_once,
 );
 
 async fn send_message(app: &TestApp, customer: &str, request_id: &str, body: &Value) -> reqwest::Response {
+    send_with_header(app, customer, ("x-request-id", request_id), body).await
+}
+
+async fn send_with_key(app: &TestApp, customer: &str, key: &str, body: &Value) -> reqwest::Response {
+    send_with_header(app, customer, ("idempotency-key", key), body).await
+}
+
+async fn send_with_header(app: &TestApp, customer: &str, (name, value): (&str, &str), body: &Value) -> reqwest::Response {
     app.client
         .post(app.url(&format!("/api/v1/customers/{customer}/messages")))
-        .header("x-request-id", request_id)
+        .header(name, value)
         .json(body)
         .send()
         .await
@@ -175,6 +185,10 @@ async fn refused_messages_write_nothing(app: &TestApp) {
         (id(&customer), json!({"channel": "email", "subject": "x", "body": "x", "attachments": []}), vec!["/attachments"]),
         (id(&no_contacts), json!({"channel": "sms", "body": "x"}), vec!["/to"]),
         (id(&no_contacts), json!({"channel": "email", "subject": "x", "body": "x"}), vec!["/to"]),
+        // Past the limits, in Greek (two bytes a character): refused with their pointers, not
+        // with a 413 for the size of the request.
+        (id(&customer), json!({"channel": "email", "subject": "x", "body": "α".repeat(100_001)}), vec!["/body"]),
+        (id(&customer), json!({"channel": "email", "subject": "x", "body": "x", "body_html": "ά".repeat(1_000_001)}), vec!["/body_html"]),
     ];
     for (customer, body, expected) in cases {
         let problem = expect_problem(send_message(app, customer, "refused", &body).await, StatusCode::UNPROCESSABLE_ENTITY).await;
@@ -197,4 +211,61 @@ async fn refused_messages_write_nothing(app: &TestApp) {
         let page = expect_json(get_query(app, "/api/v1/comms", &[("customer_id", id(customer))]).await, StatusCode::OK).await;
         assert!(item_ids(&page).is_empty(), "a refused message was logged: {page:#}");
     }
+}
+
+/// The text and HTML bodies at their limits, in Greek with quotes JSON must escape: several
+/// megabytes of request, taken whole (the route's body limit is above what the fields allow).
+async fn the_longest_message_the_limits_allow_is_taken(app: &TestApp) {
+    let customer = customer(app).await;
+    let html = format!("<p class=\"x\">{}</p>", "ά\"".repeat(499_990));
+    assert!(html.chars().count() <= 1_000_000 && html.len() > crm_api::MAX_BODY_BYTES, "{}", html.len());
+    let body = json!({"channel": "email", "subject": "Προσφορά", "body": "α".repeat(100_000), "body_html": html});
+    let entry = expect_json(send_message(app, id(&customer), "r-long", &body).await, StatusCode::ACCEPTED).await;
+    assert_eq!(entry["body"], body["body"]);
+    let commands = outbox(app).await;
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0]["data"]["body_html"].as_str(), Some(html.as_str()), "the HTML travels whole");
+
+    // Past the route's own limit (16 MiB), the 413 names that limit.
+    let huge = json!({"channel": "email", "subject": "x", "body": "x", "body_html": "x".repeat(16 * 1024 * 1024)});
+    let problem = expect_problem(send_message(app, id(&customer), "r-huge", &huge).await, StatusCode::PAYLOAD_TOO_LARGE).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains(&(16 * 1024 * 1024).to_string())), "{problem:#}");
+}
+
+/// A client that lost the answer retries with the same `Idempotency-Key`: it gets the entry the
+/// first request logged, and the message goes out once, even when the retries race.
+async fn a_retry_with_its_idempotency_key_sends_once(app: &TestApp) {
+    let customer = customer(app).await;
+    let body = json!({"channel": "email", "subject": "Προσφορά", "body": "Σας στέλνουμε την προσφορά."});
+    let first = send_with_key(app, id(&customer), "order-42-offer", &body).await;
+    assert_eq!(header_value(first.headers(), "idempotent-replayed"), None);
+    let first = expect_json(first, StatusCode::ACCEPTED).await;
+    // The same members in another order are the same request.
+    let reordered = json!({"body": "Σας στέλνουμε την προσφορά.", "subject": "Προσφορά", "channel": "email"});
+    let retry = send_with_key(app, id(&customer), "\"order-42-offer\"", &reordered).await;
+    assert_eq!(header_value(retry.headers(), "idempotent-replayed"), Some("true"));
+    assert_eq!(header_value(retry.headers(), "location"), Some(format!("/api/v1/comms/{}", id(&first)).as_str()));
+    assert_eq!(expect_json(retry, StatusCode::ACCEPTED).await, first);
+    assert_eq!(outbox(app).await.len(), 1, "one command");
+
+    // The key stands for that request only.
+    let changed = json!({"channel": "email", "subject": "Προσφορά", "body": "Άλλο κείμενο."});
+    let problem =
+        expect_problem(send_with_key(app, id(&customer), "order-42-offer", &changed).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(pointers(&problem), ["/Idempotency-Key"], "{problem:#}");
+    for bad in ["", "\"\"", "κλειδί", &"k".repeat(256)] {
+        expect_problem(send_with_key(app, id(&customer), bad, &body).await, StatusCode::BAD_REQUEST).await;
+    }
+
+    // Retries racing each other.
+    let racing = json!({"channel": "sms", "body": "Έρχεται ο τεχνικός αύριο."});
+    let responses = futures::future::join_all((0..8).map(|_| send_with_key(app, id(&customer), "visit-reminder", &racing))).await;
+    let mut entries = Vec::new();
+    for response in responses {
+        entries.push(expect_json(response, StatusCode::ACCEPTED).await["id"].clone());
+    }
+    assert!(entries.iter().all(|e| *e == entries[0]), "{entries:?}");
+    assert_eq!(outbox(app).await.len(), 1, "one command for the eight");
+    let page = expect_json(get_query(app, "/api/v1/comms", &[("customer_id", id(&customer))]).await, StatusCode::OK).await;
+    assert_eq!(item_ids(&page).len(), 2, "two messages logged: {page:#}");
 }

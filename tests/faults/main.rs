@@ -169,7 +169,7 @@ async fn stream_survives(fault: Fault) {
     assert_eq!(stored().await, COMMANDS as i64);
     let (backlog, _) = store.outbox_backlog().await.unwrap();
     assert_eq!(backlog, 0, "the outbox is drained");
-    let (dead, _) = store.dead_letters(Some("dead"), None, None, None).await.unwrap();
+    let dead = store.dead_letters(Some("dead"), None, None, None).await.unwrap().items;
     assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
 
     // Every file is there once, byte for byte.

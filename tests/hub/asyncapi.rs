@@ -210,10 +210,13 @@ fn document_agrees_with_the_code() {
             let group = queue["group"].as_str().unwrap().replace("{channel}", name.as_str());
             match channel["x-crm-exchange"].as_str().unwrap() {
                 "events" => {
-                    assert_eq!(group, crm_hub::INGEST_GROUP, "{key}");
-                    assert!(crm_hub::INGEST_BINDINGS.contains(&queue["bindings"][0].as_str().unwrap()), "{key}: the hub binds it");
+                    assert_eq!(group, crm_bus::message::CORE_EVENTS_GROUP, "{key}");
                     assert!(
-                        crm_hub::INGEST_BINDINGS.iter().any(|b| topic_matches(b, &routing_key)),
+                        crm_bus::message::CORE_EVENT_BINDINGS.contains(&queue["bindings"][0].as_str().unwrap()),
+                        "{key}: the hub binds it"
+                    );
+                    assert!(
+                        crm_bus::message::CORE_EVENT_BINDINGS.iter().any(|b| topic_matches(b, &routing_key)),
                         "{key}: the hub receives {routing_key}"
                     );
                 }

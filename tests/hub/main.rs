@@ -106,20 +106,19 @@ impl Spy {
     }
 }
 
+/// A hub with the built-in matcher, the default configuration and a relay nobody wakes.
+async fn start_hub(db: &TestDb, bus: &TestBus) -> Hub {
+    Hub::start(db.store.clone(), bus.bus.clone(), Arc::new(NativeMatcher::new(Region::GR)), HubConfig::default(), Arc::new(Notify::new()))
+        .await
+        .expect("hub starts")
+}
+
 impl Harness {
     async fn start(transport: Transport, backend: Backend) -> Option<Harness> {
         let db = TestDb::new(backend).await?;
         let bus = TestBus::new(transport).await?;
         let spy = Spy::start(&bus.bus).await;
-        let hub = Hub::start(
-            db.store.clone(),
-            bus.bus.clone(),
-            Arc::new(NativeMatcher::new(Region::GR)),
-            HubConfig::default(),
-            Arc::new(Notify::new()),
-        )
-        .await
-        .expect("hub starts");
+        let hub = start_hub(&db, &bus).await;
         Some(Harness { db, bus, hub, spy })
     }
 
@@ -245,12 +244,12 @@ async fn malformed_event_is_dead_lettered_with_its_reason_and_replayed_after_a_f
     h.expect_malformed(&bad);
     h.bus().publish(&bad).await.unwrap();
     wait_until("the dead letter to be filed", WAIT, || async {
-        !h.store().dead_letters(Some("dead"), None, None, None).await.unwrap().0.is_empty()
+        !h.store().dead_letters(Some("dead"), None, None, None).await.unwrap().items.is_empty()
     })
     .await;
-    let (letters, _) = h.store().dead_letters(Some("dead"), None, None, None).await.unwrap();
+    let letters = h.store().dead_letters(Some("dead"), None, None, None).await.unwrap().items;
     let letter = &letters[0];
-    assert_eq!(letter.consumer, crm_hub::INGEST_GROUP);
+    assert_eq!(letter.consumer, crm_bus::message::CORE_EVENTS_GROUP);
     assert_eq!(letter.envelope_id, bad.id);
     assert!(letter.reason.contains("from"), "the reason names the field: {}", letter.reason);
 
@@ -424,7 +423,7 @@ async fn a_nul_character_is_replaced_and_spoils_no_batch(h: &Harness) {
     assert_eq!((attachment.mime_type.as_str(), attachment.refused.as_deref()), ("application/pdf\u{fffd}", Some("too\u{fffd}big")));
     let stored = serde_json::to_string(&entry.data).unwrap();
     assert!(!stored.contains('\u{0}') && !stored.contains("\\u0000"), "no U+0000 is stored: {stored}");
-    let (letters, _) = h.store().dead_letters(None, None, None, None).await.unwrap();
+    let letters = h.store().dead_letters(None, None, None, None).await.unwrap().items;
     assert!(letters.is_empty(), "nothing is dead-lettered: {letters:?}");
 }
 
@@ -444,7 +443,7 @@ async fn a_message_with_70000_references_is_logged(h: &Harness) {
     assert_eq!(logged.data.thread_id, Some(root.id), "the last reference threads it");
     assert_eq!(logged.data.references.len(), crm_hub::INGEST_MAX_REFERENCES);
     assert_eq!(logged.data.references[..], many.references[many.references.len() - crm_hub::INGEST_MAX_REFERENCES..]);
-    let (letters, _) = h.store().dead_letters(None, None, None, None).await.unwrap();
+    let letters = h.store().dead_letters(None, None, None, None).await.unwrap().items;
     assert!(letters.is_empty(), "nothing is dead-lettered: {letters:?}");
 }
 
@@ -475,7 +474,7 @@ async fn a_dead_lettered_store_command_fails_its_media(h: &Harness) {
     let failed = media_of().await;
     let reason = failed.status_reason.expect("a reason");
     assert!(reason.contains("No space left on device") && reason.contains(&group), "{reason}");
-    let (letters, _) = h.store().dead_letters(Some("dead"), Some(&group), None, None).await.unwrap();
+    let letters = h.store().dead_letters(Some("dead"), Some(&group), None, None).await.unwrap().items;
     assert_eq!(letters.len(), 1, "filed for ops as well");
 
     // Replayed, it is stored after all.
@@ -527,8 +526,73 @@ async fn a_dead_lettered_send_command_fails_its_entry(h: &Harness) {
     .await;
     let reason = status_of(queued.id).await.status_reason.expect("a reason");
     assert!(reason.contains("400 invalid sender id") && reason.contains(&group), "{reason}");
-    assert_eq!(h.store().dead_letters(Some("dead"), Some(&group), None, None).await.unwrap().0.len(), 2, "both filed for ops");
+    assert_eq!(h.store().dead_letters(Some("dead"), Some(&group), None, None).await.unwrap().items.len(), 2, "both filed for ops");
     assert_eq!(status_of(already_sent.id).await.delivery_status, Some(crm_domain::comms::DeliveryStatus::Sent));
+}
+
+/// A connector that publishes an inbound message as soon as it has started, as the email
+/// connector does with what waited in the mailbox.
+#[derive(Debug)]
+struct EarlyEmail;
+
+impl crm_connector::Connector for EarlyEmail {
+    type Config = ();
+    const NAME: &'static str = "test-early";
+    const VERSION: &'static str = "1.0.0";
+    const CHANNEL: Channel = Channel::Email;
+
+    fn bindings(&self) -> Vec<String> {
+        vec!["email.message.send".into()]
+    }
+
+    async fn init(&self, hub: &crm_connector::Hub) -> anyhow::Result<()> {
+        let message = email("papas@example.gr", Some("π. Γεώργιος"), "<early@example.gr>");
+        hub.publisher().publish(&hub.event(&message, Trace::new("req-early"))).await?;
+        Ok(())
+    }
+
+    async fn handle(&self, command: crm_connector::Command<'_>) -> Result<crm_connector::Outcome, crm_connector::HandlerError> {
+        Err(command.unsupported())
+    }
+}
+
+/// On a bus where the core has never run, nothing binds the events exchange yet, and a topic
+/// exchange drops (and the broker confirms) what no queue binds. The connector declares the
+/// core's queue before it publishes, so its first message waits there and is logged once the
+/// core starts.
+async fn an_event_published_before_the_core_ever_ran_is_logged_once_it_starts(transport: Transport) {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else { return };
+    let Some(bus) = TestBus::new(transport).await else { return };
+    let customer = customer_with_email(&db.store, "Ιερός Ναός Αγίου Νικολάου", "papas@example.gr").await;
+    let token = crm_connector::CancellationToken::new();
+    let connector = crm_connector::spawn(EarlyEmail, bus.bus.clone(), token.clone());
+    // Consuming its commands means `init`, and with it the confirmed publish, is done.
+    wait_until("the connector to be ready", WAIT, || async {
+        bus.bus.queue_stats().await.unwrap().iter().any(|q| q.group == "connector.email.commands" && q.consumers > 0)
+    })
+    .await;
+
+    let hub = start_hub(&db, &bus).await;
+    let query = ListQuery { filter: CommsFilter::default(), ..Default::default() };
+    wait_until("the early message logged", WAIT, || async { !db.store.list::<CommsEntry>(&query).await.unwrap().items.is_empty() }).await;
+    let entries = db.store.list::<CommsEntry>(&query).await.unwrap().items;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].data.ext_message_id.as_deref(), Some("<early@example.gr>"));
+    assert_eq!(entries[0].data.customer_id, Some(customer.id));
+    token.cancel();
+    connector.await.unwrap().unwrap();
+    hub.shutdown().await;
+    bus.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_an_event_published_before_the_core_ever_ran_is_logged_once_it_starts() {
+    an_event_published_before_the_core_ever_ran_is_logged_once_it_starts(Transport::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_an_event_published_before_the_core_ever_ran_is_logged_once_it_starts() {
+    an_event_published_before_the_core_ever_ran_is_logged_once_it_starts(Transport::RabbitMq).await;
 }
 
 /// With the default matcher plugin active, the plugin decides and the entry says so.

@@ -13,8 +13,8 @@ use crm_domain::comms::{
 use crm_domain::contact::ContactType;
 use crm_domain::customer::Customer;
 use crm_store::{
-    Actor, ActorKind, AuditQuery, CommsFilter, CustomerFilter, DeliveryRecorded, FileStored, HELD_REPORTS_KEPT, InboundEntry, ListQuery,
-    Logged, MediaFilter, SortDirection, Store, StoreError, ext_key,
+    Actor, ActorKind, AuditQuery, CommsFilter, Created, CustomerFilter, DeliveryRecorded, FileStored, HELD_REPORTS_KEPT, IdempotencyKey,
+    InboundEntry, ListQuery, Logged, MediaFilter, SortDirection, Store, StoreError, ext_key,
 };
 use crm_tests::TestDb;
 use serde_json::{Value, json};
@@ -36,6 +36,7 @@ crm_tests::on_both_backends!(
     an_unstorable_entry_fails_alone,
     replies_naming_many_messages,
     create_with_commands_is_all_or_nothing,
+    a_key_creates_once_with_its_commands,
     delivery_status_never_moves_back,
     delivery_reports_find_their_entry,
     early_delivery_reports_are_held,
@@ -822,6 +823,70 @@ async fn create_with_commands_is_all_or_nothing(db: &TestDb) {
     let file = store.create_with_commands(media_id, media(Some(customer.id), "a.jpg"), &[]).await.unwrap();
     assert_eq!(store.get::<Media>(media_id, false).await.unwrap(), file);
     assert_eq!(backlog(store).await, 2, "the two claimed commands are still unsent");
+}
+
+/// A request with an idempotency key creates its record and commands once: a retry, or eight
+/// at once, get the first one's record and write nothing; the same key for another request is
+/// refused; keys are the caller's own.
+async fn a_key_creates_once_with_its_commands(db: &TestDb) {
+    let actor = user_actor();
+    let store = db.store.acting_as(actor.clone());
+    let customer = create_customer(&store, json!({"name": "Γιώργος"})).await;
+    let key = IdempotencyKey { key: "send-1".into(), request: "digest-a".into() };
+    let entry = |id: Uuid| {
+        let mut data = outbound(customer.id, CommsType::Email, at("2026-03-01T10:00:00Z"));
+        data.thread_id = Some(id);
+        data
+    };
+    let first_id = Uuid::now_v7();
+    let Created::New(first) = store.create_once_with_commands(&key, first_id, entry(first_id), &[command("send")]).await.unwrap() else {
+        panic!("the first request creates")
+    };
+    assert_eq!(first.id, first_id);
+    let retry_id = Uuid::now_v7();
+    match store.create_once_with_commands(&key, retry_id, entry(retry_id), &[command("again")]).await.unwrap() {
+        Created::Earlier(earlier) => assert_eq!(earlier, first),
+        Created::New(record) => panic!("a retry created {record:?}"),
+    }
+    assert_eq!(store.created_with_key::<CommsEntry>(&key).await.unwrap(), Some(first.clone()));
+    let unknown = IdempotencyKey { key: "never-used".into(), request: "digest-a".into() };
+    assert_eq!(store.created_with_key::<CommsEntry>(&unknown).await.unwrap(), None);
+
+    // The same key for another request.
+    let other = IdempotencyKey { key: "send-1".into(), request: "digest-b".into() };
+    let id = Uuid::now_v7();
+    assert_invalid(store.create_once_with_commands(&other, id, entry(id), &[command("never")]).await, "/Idempotency-Key");
+    assert_invalid(store.created_with_key::<CommsEntry>(&other).await, "/Idempotency-Key");
+
+    // Another caller's key of the same name is another key.
+    let someone_else = db.store.acting_as(user_actor());
+    let id = Uuid::now_v7();
+    assert!(matches!(someone_else.create_once_with_commands(&key, id, entry(id), &[command("theirs")]).await.unwrap(), Created::New(_)));
+
+    // Eight at once with a new key: one creates, seven get its record.
+    let key = IdempotencyKey { key: "send-2".into(), request: "digest-c".into() };
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            let id = Uuid::now_v7();
+            let data = entry(id);
+            tokio::spawn(async move { store.create_once_with_commands(&key, id, data, &[command("racing")]).await.unwrap() })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut earlier = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Created::New(record) => created.push(record.id),
+            Created::Earlier(record) => earlier.push(record.id),
+        }
+    }
+    assert_eq!(created.len(), 1, "one request created: {created:?}");
+    assert!(earlier.iter().all(|id| *id == created[0]), "the others got its record: {earlier:?}");
+
+    let labels: Vec<Value> = pending_envelopes(&store).await.into_iter().map(|e| e["data"]["label"].clone()).collect();
+    assert_eq!(labels, [json!("send"), json!("theirs"), json!("racing")], "one command per record created");
+    assert_eq!(every_entry(&store).await.len(), 3);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ async fn file(store: &Store, consumer: &str, envelope_id: &str, dead_at: DateTim
 }
 
 async fn all_letters(store: &Store) -> Vec<DeadLetter> {
-    store.dead_letters(None, None, None, Some(crm_store::MAX_LIMIT)).await.unwrap().0
+    store.dead_letters(None, None, None, Some(crm_store::MAX_LIMIT)).await.unwrap().items
 }
 
 async fn dead_letters_are_filed_once(db: &TestDb) {
@@ -279,18 +279,18 @@ async fn dead_letter_pages(db: &TestDb) {
         file(store, consumer, &format!("e{i}"), dead_at + Duration::seconds(i)).await;
         filed.push(format!("e{i}"));
     }
-    // Pages, newest filed first; `before` continues after the last page.
+    // Pages, newest filed first; the cursor continues after the last page.
     let pages = |status: Option<&'static str>, consumer: Option<&'static str>, limit: u32| async move {
         let mut pages: Vec<Vec<String>> = Vec::new();
-        let mut before = None;
+        let mut cursor = None;
         loop {
-            let (letters, next) = store.dead_letters(status, consumer, before, Some(limit)).await.unwrap();
-            assert!(letters.len() <= limit as usize);
-            pages.push(letters.into_iter().map(|l| l.envelope_id).collect());
-            match next {
+            let page = store.dead_letters(status, consumer, cursor.as_deref(), Some(limit)).await.unwrap();
+            assert!(page.items.len() <= limit as usize);
+            pages.push(page.items.into_iter().map(|l| l.envelope_id).collect());
+            match page.next_cursor {
                 Some(next) => {
                     assert!(pages.len() < 100, "paging does not end");
-                    before = Some(next);
+                    cursor = Some(next);
                 }
                 None => return pages,
             }
@@ -305,10 +305,15 @@ async fn dead_letter_pages(db: &TestDb) {
     assert_eq!(pages(None, Some("a"), 3).await, vec![page(&[5, 4, 3]), page(&[2, 1, 0])]);
     assert_eq!(pages(None, Some("b"), 1).await, vec![page(&[7]), page(&[6])]);
     assert_eq!(pages(None, Some("nobody"), 3).await, vec![Vec::<String>::new()]);
-    // Page sizes are bounded: 0 reads as 1, more than the maximum as the maximum.
-    assert_eq!(store.dead_letters(None, None, None, Some(0)).await.unwrap().0.len(), 1);
-    assert_eq!(store.dead_letters(None, None, None, Some(100_000)).await.unwrap().0.len(), 8);
-    assert_eq!(store.dead_letters(None, None, None, None).await.unwrap().0.len(), 8);
+    // Page sizes are bounded, as in every listing; a cursor continues only its own listing.
+    for limit in [0, crm_store::MAX_LIMIT + 1] {
+        let refused = store.dead_letters(None, None, None, Some(limit)).await.unwrap_err();
+        assert!(matches!(&refused, StoreError::Invalid(v) if v.0[0].pointer == "/limit"), "{refused:?}");
+    }
+    assert_eq!(store.dead_letters(None, None, None, None).await.unwrap().items.len(), 8);
+    let of_a = store.dead_letters(None, Some("a"), None, Some(2)).await.unwrap().next_cursor.expect("a next page");
+    let refused = store.dead_letters(None, Some("b"), Some(&of_a), Some(2)).await.unwrap_err();
+    assert!(matches!(&refused, StoreError::Invalid(v) if v.0[0].pointer == "/cursor"), "{refused:?}");
 
     // Status filters, with paging.
     let letters = all_letters(store).await;

@@ -121,6 +121,6 @@ pub async fn file_dead_letter(store: &Store, consumer: &str, envelope: &Envelope
         .file_dead_letter(consumer, &envelope.id, &envelope.kind, &envelope.routing_key, &envelope.to_structured(), reason, 5, Utc::now())
         .await
         .expect("file dead letter");
-    let (letters, _) = store.dead_letters(None, Some(consumer), None, Some(200)).await.expect("dead letters");
+    let letters = store.dead_letters(None, Some(consumer), None, Some(200)).await.expect("dead letters").items;
     letters.into_iter().find(|l| l.envelope_id == envelope.id).map(|l| l.id).expect("the dead letter just filed")
 }

@@ -216,7 +216,7 @@ async fn a_uidvalidity_change_republishes_the_same_message_ids_and_the_log_has_n
     // The core took the re-published events (its queue is empty), logged none twice and
     // dead-lettered none.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while bus.queue_stats().await.unwrap().iter().any(|q| q.group == crm_hub::INGEST_GROUP && q.messages > 0) {
+    while bus.queue_stats().await.unwrap().iter().any(|q| q.group == crm_bus::message::CORE_EVENTS_GROUP && q.messages > 0) {
         assert!(tokio::time::Instant::now() < deadline, "the core drained its queue");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

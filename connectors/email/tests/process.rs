@@ -13,7 +13,7 @@ use common::peers::{Dovecot, PASSWORD};
 use common::simple_message;
 use crm_bus::message::{Channel, ConnectorState, MessageReceived};
 use crm_bus::{Bus, Exchange, Subscriber, Subscription};
-use crm_connector::testing::{ConnectorProcess, amqp_url, heartbeat, test_bus};
+use crm_connector::testing::{ConnectorProcess, amqp_url, clean_up, heartbeat, test_bus};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -117,12 +117,5 @@ async fn sigkill_mid_stream_and_a_dovecot_restart_lose_nothing_and_repeat_at_mos
     for line in logs.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     }
-    match bus.subscribe(Subscription::new("connector.email.commands", Exchange::Commands, &["email.#"])).await {
-        Ok(commands) => drop(commands),
-        Err(err) => eprintln!("clean-up: {err}"),
-    }
-    if let Err(err) = bus.delete_topology().await {
-        eprintln!("clean-up: {err}");
-    }
-    bus.close().await;
+    clean_up(&bus, Channel::Email).await;
 }

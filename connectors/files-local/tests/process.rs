@@ -12,7 +12,7 @@ mod common;
 use common::{file_content, file_result, sha256};
 use crm_bus::message::{Bytes, Channel, ConnectorState, FileOutcome, FileRead, ReadFile, StoreFile};
 use crm_bus::{Bus, BusError, Envelope, Exchange, Subscriber, Subscription, Trace};
-use crm_connector::testing::{ConnectorProcess, ack, amqp_url, heartbeat, test_bus};
+use crm_connector::testing::{ConnectorProcess, ack, amqp_url, clean_up, heartbeat, test_bus};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -75,20 +75,6 @@ fn store_command(path: &str, content: Vec<u8>, request_id: &str) -> (Uuid, Envel
     (media_id, Envelope::new("/crm/core", &message, Trace::new(request_id)))
 }
 
-/// Deletes this test's queues and exchanges, the connector's command queue included.
-async fn clean_up(bus: &Bus) {
-    // Subscribing makes the bus know the queue, so that it deletes it too.
-    // Best effort: a broker restarted by another test must not fail this one.
-    match bus.subscribe(Subscription::new("connector.files.commands", Exchange::Commands, &["files.#"])).await {
-        Ok(commands) => drop(commands),
-        Err(err) => eprintln!("clean-up: {err}"),
-    }
-    if let Err(err) = bus.delete_topology().await {
-        eprintln!("clean-up: {err}");
-    }
-    bus.close().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_stores_and_returns_a_file_byte_identically() {
     let Some((bus, prefix)) = test_bus("files").await else { return };
@@ -134,7 +120,7 @@ async fn the_process_stores_and_returns_a_file_byte_identically() {
     }
     assert!(logs.lines().any(|l| l.contains(&request_id) && l.contains("stored")), "{logs}");
     assert!(!logs.contains("guest:guest"), "the AMQP password is never logged");
-    clean_up(&bus).await;
+    clean_up(&bus, Channel::Files).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,5 +205,5 @@ async fn killed_mid_stream_and_restarted_every_file_is_stored_exactly_once() {
     second.terminate();
     let status = second.exit(WAIT).await;
     assert!(status.success(), "graceful exit, got {status}; log:\n{}", second.logs());
-    clean_up(&bus).await;
+    clean_up(&bus, Channel::Files).await;
 }

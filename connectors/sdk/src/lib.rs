@@ -10,7 +10,9 @@
 //!   gracefully on SIGTERM / SIGINT;
 //! * **as a task inside `crm serve`** on the in-process bus: [`spawn`]`(connector, bus, token)`.
 //!
-//! The runner ([`run`]) subscribes to its channel's command queue
+//! The runner ([`run`]) first declares the core's event queue
+//! ([`message::core_events`]), so that what the connector publishes waits for the core even on a
+//! broker where the core has never run; it then subscribes to its channel's command queue
 //! (`connector.<channel>.commands`, shared by every connector of the channel), hands deliveries
 //! to the handler concurrently up to a limit, publishes the outcome's events through a [`Publisher`] that retries until the broker confirms
 //! (an event is never dropped), answers requests, and only then acknowledges. It sends

@@ -1,4 +1,5 @@
-//! The connector lifecycle: heartbeat, `init`, subscribe to its channel's command queue
+//! The connector lifecycle: declare the core's event queue (so that no event is published into
+//! nothing), heartbeat, `init`, subscribe to its channel's command queue
 //! (`connector.<channel>.commands`), dispatch deliveries to the handler concurrently up to a
 //! limit, settle each one after its handler finished (ack / retry / dead-letter / reply), heartbeats every interval, and graceful
 //! shutdown.
@@ -14,8 +15,8 @@ use crate::connector::{Command, Connector, HandlerError, Health, Hub, Outcome};
 use crate::instance::default_instance;
 use crate::publisher::{Backoff, Publisher, retry_while_unreachable};
 use anyhow::Context as _;
-use crm_bus::message::command_group;
 use crm_bus::message::{ConnectorState, Heartbeat};
+use crm_bus::message::{command_group, core_events};
 use crm_bus::{Bus, BusError, Envelope, Exchange};
 use crm_bus::{Delivery, Subscriber, Subscription};
 use futures::FutureExt as _;
@@ -146,6 +147,9 @@ impl<C: Connector> Runner<C> {
     async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.hub.shutdown().clone();
         tracing::info!(version = C::VERSION, transport = self.hub.bus().transport(), "connector starting");
+        if !self.declare_core_queue().await? {
+            return Ok(());
+        }
         self.heartbeat(Health { state: ConnectorState::Starting, detail: None }).await;
         if let Err(err) = self.connector.init(&self.hub).await {
             self.heartbeat(Health { state: ConnectorState::Stopping, detail: Some(format!("init failed: {err:#}")) }).await;
@@ -197,6 +201,17 @@ impl<C: Connector> Runner<C> {
             anyhow::bail!("the bus closed {}'s command subscription", C::NAME);
         }
         Ok(())
+    }
+
+    /// Declares the core's event queue and its bindings before anything is published, retrying
+    /// while the bus is unreachable: on a broker where the core has never run, the events
+    /// exchange would otherwise drop every event (and the broker would confirm them). `false`
+    /// when shut down first.
+    async fn declare_core_queue(&self) -> anyhow::Result<bool> {
+        let core = core_events();
+        let declared =
+            retry_while_unreachable(self.hub.shutdown(), "declaring the core's event queue", || self.hub.bus().declare(&core)).await;
+        Ok(declared.with_context(|| format!("cannot declare the core's event queue ({})", core.group))?.is_some())
     }
 
     /// Subscribes to the command queue, retrying while the bus is unreachable; `None` when shut

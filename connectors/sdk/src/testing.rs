@@ -1,10 +1,10 @@
 //! Test support for connector authors (feature `testing`): a RabbitMQ bus on a prefix of its
-//! own, a connector binary run as its own process with its log kept, and waiting for its
-//! heartbeats. The connectors in this repository test themselves with it, and a connector
+//! own, a connector binary run as its own process with its log kept, waiting for its
+//! heartbeats, and deleting what the test and the connector declared. The connectors in this repository test themselves with it, and a connector
 //! written elsewhere can do the same.
 
-use crm_bus::message::{ConnectorState, Heartbeat};
-use crm_bus::{Bus, BusConfig, BusError, Delivery, Subscriber};
+use crm_bus::message::{Channel, ConnectorState, Heartbeat, command_group, core_events};
+use crm_bus::{Bus, BusConfig, BusError, Delivery, Exchange, Subscriber, Subscription};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -30,6 +30,23 @@ pub async fn test_bus(tag: &str) -> Option<(Bus, String)> {
     }
     eprintln!("skipped: RabbitMQ unreachable at {}: {why}", crm_bus::redact_url(&amqp_url()));
     None
+}
+
+/// Deletes a test's queues and exchanges, with those its connector process declared on the
+/// same prefix (the channel's command queue and the core's event queue), and closes the bus.
+/// Best effort: a broker restarted by another test must not fail this one.
+pub async fn clean_up(bus: &Bus, channel: Channel) {
+    let command_queue = Subscription::new(command_group(channel), Exchange::Commands, &[]);
+    // Declaring makes the bus know a queue, so that it deletes it too.
+    for queue in [command_queue, core_events()] {
+        if let Err(err) = bus.declare(&queue).await {
+            eprintln!("clean-up: {err}");
+        }
+    }
+    if let Err(err) = bus.delete_topology().await {
+        eprintln!("clean-up: {err}");
+    }
+    bus.close().await;
 }
 
 /// Acknowledges `delivery`; one whose channel went away comes again, which tests allow for.

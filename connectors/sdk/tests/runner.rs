@@ -1,14 +1,17 @@
 //! The connector lifecycle on the in-process bus: events follow their command's request id,
 //! transient failures are retried and permanent ones dead-lettered, requests are answered,
-//! heartbeats carry the instance's fields, and a graceful shutdown finishes in-flight work and
-//! leaves the rest queued.
+//! heartbeats carry the instance's fields, a graceful shutdown finishes in-flight work and
+//! leaves the rest queued, and what a connector publishes before the core has ever run waits for
+//! the core.
 
 use crm_bus::message::{
-    Address, Channel, ConnectorState, DeliveryState, DeliveryStatus, FileContent, FileRead, Heartbeat, ReadFile, SendMessage,
+    Address, Channel, ConnectorState, DeliveryState, DeliveryStatus, FileContent, FileRead, Heartbeat, MessageReceived, ReadFile,
+    SendMessage, core_events,
 };
 use crm_bus::{BusConfig, Delivery, RetryPolicy, Subscriber, Subscription};
 use crm_connector::{
-    Bus, CancellationToken, Command, Connector, ConnectorContext, Envelope, Exchange, HandlerError, Health, Outcome, RunSettings, Trace,
+    Bus, CancellationToken, Command, Connector, ConnectorContext, Envelope, Exchange, HandlerError, Health, Hub, Outcome, RunSettings,
+    Trace,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -381,4 +384,76 @@ async fn in_flight_work_past_the_shutdown_timeout_is_requeued() {
     token.cancel();
     tokio::time::timeout(WAIT, task).await.expect("stops after the timeout").unwrap().unwrap();
     wait_for(&bus, "the stuck command requeued", |stats| queued(stats, "connector.sms.commands") == 1).await;
+}
+
+/// A connector that publishes an inbound message as soon as it starts, as the email connector
+/// does with what waited in the mailbox.
+#[derive(Debug)]
+struct EarlyBird;
+
+impl Connector for EarlyBird {
+    type Config = ();
+    const NAME: &'static str = "test-early";
+    const VERSION: &'static str = "1.0.0";
+    const CHANNEL: Channel = Channel::Sms;
+
+    fn bindings(&self) -> Vec<String> {
+        vec!["sms.message.send".into()]
+    }
+
+    async fn init(&self, hub: &Hub) -> anyhow::Result<()> {
+        let message = MessageReceived {
+            channel: Channel::Sms,
+            channel_message_id: "sms-early-1".into(),
+            from: Address::phone("+30 694 123 4567", None),
+            to: vec![],
+            cc: vec![],
+            subject: None,
+            body: "Η καμπάνα σταμάτησε.".into(),
+            occurred_at: chrono::Utc::now(),
+            in_reply_to: None,
+            references: vec![],
+            auto_reply: false,
+            attachments: vec![],
+        };
+        hub.publisher().publish(&hub.event(&message, Trace::new("req-early"))).await?;
+        Ok(())
+    }
+
+    async fn handle(&self, command: Command<'_>) -> Result<Outcome, HandlerError> {
+        Err(command.unsupported())
+    }
+}
+
+/// Nothing has declared the core's queue when the connector starts (the core has never run on
+/// this bus): a topic exchange drops what no queue binds, so the runner declares it first, and
+/// the message published during `init` is waiting when the core subscribes.
+#[tokio::test]
+async fn what_a_connector_publishes_before_the_core_ever_ran_waits_for_the_core() {
+    let bus = bus();
+    let no_core_queue = |stats: &[crm_bus::QueueStats]| !stats.iter().any(|q| q.group == core_events().group);
+    assert!(no_core_queue(&bus.queue_stats().await.unwrap()), "a fresh bus has no queue for the core yet");
+    let token = CancellationToken::new();
+    let task = crm_connector::spawn_with(EarlyBird, ConnectorContext::new(bus.clone(), token.clone()).with_settings(settings()));
+    // Consuming its commands means `init`, and with it the confirmed publish, is done.
+    wait_ready(&bus).await;
+
+    let mut core = bus.subscribe(core_events()).await.unwrap();
+    // Heartbeats keep coming; the message is before the connector's `ready` one.
+    let received = loop {
+        let delivery = next(&mut core).await;
+        let found = delivery.envelope.routing_key == "sms.message.received";
+        if found {
+            break delivery;
+        }
+        let beat: Heartbeat = delivery.envelope.decode().expect("only heartbeats besides");
+        assert_ne!(beat.state, ConnectorState::Ready, "the message published during init was dropped");
+        delivery.ack().await.unwrap();
+    };
+    let message: MessageReceived = received.envelope.decode().unwrap();
+    assert_eq!(message.channel_message_id, "sms-early-1");
+    assert_eq!(received.envelope.trace.request_id.as_deref(), Some("req-early"));
+    received.ack().await.unwrap();
+    token.cancel();
+    task.await.unwrap().unwrap();
 }

@@ -10,14 +10,12 @@ use axum::extract::{RawQuery, State};
 use axum::http::Method;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use crm_bus::message::WaitingRecord;
 use crm_bus::{Bus, BusError, Envelope, QueueStats};
 use crm_domain::Violations;
 use crm_domain::access::{Action, Area};
-use crm_store::{ConnectorInstance, DeadLetter, MAX_LIMIT, OutboxFailure, Page, Store};
+use crm_store::{ConnectorInstance, DeadLetter, OutboxFailure, Page, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -258,32 +256,11 @@ pub(crate) struct DeadLetterParams {
     limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct DeadLetterCursor {
-    before: i64,
-}
-
-fn bad_parameter(name: &str, detail: impl Into<String>) -> ApiError {
-    ApiError::BadQuery(Violations::one(format!("/{name}"), detail))
-}
-
 /// Dead letters, latest first.
 async fn dead_letters(ctx: Ctx, RawQuery(raw): RawQuery) -> ApiResult<Json<Page<DeadLetter>>> {
     let params: DeadLetterParams = strict_query(raw.as_deref(), &["status", "consumer", "cursor", "limit"])?;
-    let before = match params.cursor.as_deref() {
-        None => None,
-        Some(cursor) => {
-            let decoded = URL_SAFE_NO_PAD.decode(cursor).ok().and_then(|bytes| serde_json::from_slice::<DeadLetterCursor>(&bytes).ok());
-            Some(decoded.ok_or_else(|| bad_parameter("cursor", "is not a cursor from this listing"))?.before)
-        }
-    };
-    if let Some(limit) = params.limit.filter(|n| !(1..=MAX_LIMIT).contains(n)) {
-        return Err(bad_parameter("limit", format!("{limit} is out of range: a page holds 1 to {MAX_LIMIT} records")));
-    }
     let status = params.status.map(DeadLetterStatus::as_str);
-    let (items, next) = ctx.store.dead_letters(status, params.consumer.as_deref(), before, params.limit).await?;
-    let next_cursor = next.map(|before| URL_SAFE_NO_PAD.encode(serde_json::to_vec(&DeadLetterCursor { before }).unwrap_or_default()));
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(ctx.store.dead_letters(status, params.consumer.as_deref(), params.cursor.as_deref(), params.limit).await?))
 }
 
 fn no_dead_letter(err: crm_store::StoreError, id: Uuid) -> ApiError {

@@ -5,7 +5,7 @@
 
 use crate::auth::{Ctx, Requirement, RouteRule};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, IfMatch, JsonBody, list_query, strict_query, typed};
+use crate::extract::{Id, IdempotencyKeyHeader, IfMatch, JsonBody, body_limit, list_query, request_digest, strict_query, typed};
 use crate::resources::{
     ApiResource, created, customer_is_mine, linkable_customer, list_request, located, not_found, nul_character, parse_body, readable,
     with_etag,
@@ -26,7 +26,7 @@ use crm_domain::contact::{Contact, ContactType, Email, PhoneE164, Region};
 use crm_domain::customer::Customer;
 use crm_domain::error::optional_text;
 use crm_domain::{Record, Violations, strip_read_only};
-use crm_store::{CommsFilter, ListQuery, Page, SortDirection};
+use crm_store::{CommsFilter, Created, IdempotencyKey, ListQuery, Page, SortDirection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -163,11 +163,20 @@ pub(crate) fn rules() -> Vec<RouteRule> {
     ]
 }
 
+/// The longest body and HTML body of an outbound message, in characters.
+const MAX_BODY_CHARS: usize = 100_000;
+const MAX_HTML_CHARS: usize = 1_000_000;
+
+/// The largest request to send a message: both bodies at their limits fit even with every
+/// character JSON-escaped (`\uXXXX`, twice for one beyond the BMP: 12 bytes), so that a body past
+/// its limit is refused with its pointer rather than the whole request with a 413.
+const MAX_MESSAGE_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
 /// A customer's timeline, outbound messages and the unmatched inbox.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/customers/{id}/timeline", get(timeline))
-        .route("/customers/{id}/messages", post(send_message))
+        .route("/customers/{id}/messages", body_limit(post(send_message), MAX_MESSAGE_REQUEST_BYTES))
         .route("/inbox", get(inbox))
         .route("/inbox/{id}/assign", post(assign))
         .route("/inbox/{id}/dismiss", post(dismiss))
@@ -380,8 +389,8 @@ async fn outbound(ctx: &Ctx, region: Region, customer: &Record<Customer>, reques
     let body = request.body.unwrap_or_default();
     if body.trim().is_empty() {
         errors.push("/body", "is required");
-    } else if body.chars().count() > 100_000 {
-        errors.push("/body", "must be at most 100000 characters");
+    } else if body.chars().count() > MAX_BODY_CHARS {
+        errors.push("/body", format!("must be at most {MAX_BODY_CHARS} characters"));
     }
     let subject = errors.check("/subject", optional_text(request.subject.as_deref().unwrap_or(""), 998)).flatten();
     if subject.is_none() && channel == OutboundChannel::Email && request.channel.is_some() {
@@ -391,8 +400,8 @@ async fn outbound(ctx: &Ctx, region: Region, customer: &Record<Customer>, reques
     if body_html.is_some() && channel != OutboundChannel::Email {
         errors.push("/body_html", "only email has an HTML body");
     }
-    if body_html.as_ref().is_some_and(|html| html.chars().count() > 1_000_000) {
-        errors.push("/body_html", "must be at most 1000000 characters");
+    if body_html.as_ref().is_some_and(|html| html.chars().count() > MAX_HTML_CHARS) {
+        errors.push("/body_html", format!("must be at most {MAX_HTML_CHARS} characters"));
     }
     let mut to = Vec::new();
     match &request.to {
@@ -490,9 +499,17 @@ async fn send_message(
     ctx: Ctx,
     Id(id): Id,
     request_id: RequestId,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
     let customer = readable::<Customer>(&ctx, id, Action::Edit, false).await?;
+    // A retry of a request already taken gets its entry back, whatever changed since.
+    let key = key.map(|key| IdempotencyKey { key, request: request_digest(&format!("POST /customers/{id}/messages"), &body) });
+    if let Some(key) = &key
+        && let Some(earlier) = ctx.store.created_with_key::<CommsEntry>(key).await?
+    {
+        return Ok(replayed(earlier));
+    }
     if let Some(pointer) = nul_character(&body, String::new()) {
         return Err(ApiError::Invalid(Violations::one(pointer, "must not contain the NUL character (U+0000)")));
     }
@@ -500,7 +517,21 @@ async fn send_message(
     let entry_id = Uuid::now_v7();
     let Outbound { entry, command } = outbound(&ctx, state.default_region, &customer, request, entry_id).await?;
     let envelope = Envelope::new(CORE_SOURCE, &command, request_id.trace()).to_structured();
-    let record = ctx.store.create_with_commands(entry_id, entry, &[envelope]).await?;
+    let record = match &key {
+        None => ctx.store.create_with_commands(entry_id, entry, &[envelope]).await?,
+        Some(key) => match ctx.store.create_once_with_commands(key, entry_id, entry, &[envelope]).await? {
+            Created::New(record) => record,
+            Created::Earlier(earlier) => return Ok(replayed(earlier)),
+        },
+    };
     state.wake_relay();
     Ok(located(StatusCode::ACCEPTED, record))
+}
+
+/// The answer to a retry with an idempotency key: the entry the first request logged, as the
+/// first answer gave it (202, its location), marked `Idempotent-Replayed: true`.
+fn replayed(entry: Record<CommsEntry>) -> Response {
+    let mut response = located(StatusCode::ACCEPTED, entry);
+    response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    response
 }

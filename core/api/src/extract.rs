@@ -3,16 +3,19 @@
 //! list query strings where an unknown parameter is an error rather than silently ignored.
 
 use crate::error::ApiError;
+use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use axum::routing::MethodRouter;
 use chrono::{DateTime, Utc};
 use crm_domain::Violations;
 use crm_store::SortDirection;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 /// A JSON request body, parsed but not yet typed. Accepts `application/json` and any
@@ -64,11 +67,24 @@ pub(crate) fn is_json(essence: &str) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// A route's own body limit in place of [`crate::MAX_BODY_BYTES`], for a route whose fields may
+/// hold more: enforced, and named in the 413.
+pub(crate) fn body_limit<S: Clone + Send + Sync + 'static>(route: MethodRouter<S>, bytes: usize) -> MethodRouter<S> {
+    route
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(bytes))
+        .layer::<_, std::convert::Infallible>(Extension(BodyLimit(bytes)))
+}
+
+/// The body limit [`body_limit`] gave the route.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
 /// The whole body, within the route's body limit (413 beyond it).
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let limit = req.extensions().get::<BodyLimit>().map_or(crate::MAX_BODY_BYTES, |limit| limit.0);
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(crate::MAX_BODY_BYTES)
+            ApiError::TooLarge(limit)
         } else {
             ApiError::BadRequest(format!("could not read the body: {rejection}"))
         }
@@ -110,6 +126,67 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         }
         Ok(IfMatch(Some(text.trim_start_matches("W/").trim_matches('"').parse().unwrap_or(-1))))
     }
+}
+
+/// The `Idempotency-Key` header, when the request has one: 1 to 255 visible ASCII characters,
+/// bare or as a quoted string (the IETF draft's structured-field form, `"8e03…"`). A retry of a
+/// request with the same key gets what the first one created (see
+/// [`crm_store::Store::create_once_with_commands`]).
+#[derive(Debug, Clone)]
+pub(crate) struct IdempotencyKeyHeader(pub Option<String>);
+
+/// Its name.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(IDEMPOTENCY_KEY) else { return Ok(IdempotencyKeyHeader(None)) };
+        let text = value.to_str().unwrap_or("").trim();
+        let key = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) || key.contains('"') {
+            return Err(ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into()));
+        }
+        Ok(IdempotencyKeyHeader(Some(key.to_owned())))
+    }
+}
+
+/// A digest of a request's route and JSON body, the same whatever the order of the body's
+/// members: what an idempotency key stands for.
+pub(crate) fn request_digest(route: &str, body: &Value) -> String {
+    fn canonical(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(members) => {
+                let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
+                sorted.sort_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (i, (name, member)) in sorted.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(name.clone()).to_string());
+                    out.push(':');
+                    canonical(member, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = format!("{route}\n");
+    canonical(body, &mut text);
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The ETag for a record version.
@@ -170,6 +247,7 @@ pub(crate) fn list_query<F: DeserializeOwned>(raw: Option<&str>, filter_names: &
     let known: Vec<&str> = LIST_PARAMS.iter().chain(filter_names).copied().collect();
     let mut errors = Violations::default();
     refuse_unknown(&pairs, &known, &mut errors);
+    refuse_empty_ranges(&pairs, &mut errors);
     let sorting = |(name, value): &&(String, String)| name == "direction" && ["asc", "desc"].contains(&value.as_str());
     let shared = |name: &str| LIST_PARAMS.contains(&name) && filter_names.contains(&name);
     let (common_pairs, filter_pairs): (Vec<_>, Vec<_>) = if filter_names.iter().any(|n| shared(n)) {
@@ -192,6 +270,7 @@ pub(crate) fn strict_query<T: DeserializeOwned>(raw: Option<&str>, names: &[&str
     let pairs = query_pairs(raw)?;
     let mut errors = Violations::default();
     refuse_unknown(&pairs, names, &mut errors);
+    refuse_empty_ranges(&pairs, &mut errors);
     match typed_subset::<T>(&pairs, names, &mut errors) {
         Some(value) if errors.is_empty() => Ok(value),
         _ => Err(ApiError::BadQuery(errors)),
@@ -216,6 +295,22 @@ fn refuse_unknown(pairs: &[(String, String)], known: &[&str], errors: &mut Viola
     for (name, _) in pairs {
         if !known.contains(&name.as_str()) {
             errors.push(format!("/{name}"), format!("unknown parameter; expected one of {}", known.join(", ")));
+        }
+    }
+}
+
+/// A time range that ends before it starts (`<x>_from` after `<x>_to`, or `from` after `to`)
+/// selects nothing: a client's mistake, refused at the end's name rather than answered with an
+/// empty page.
+fn refuse_empty_ranges(pairs: &[(String, String)], errors: &mut Violations) {
+    let time = |name: &str| pairs.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.parse::<DateTime<Utc>>().ok());
+    for (start, _) in pairs {
+        let Some(stem) = start.strip_suffix("from") else { continue };
+        let end = format!("{stem}to");
+        if let (Some(from), Some(to)) = (time(start), time(&end))
+            && from > to
+        {
+            errors.push(format!("/{end}"), format!("is before {start}: the range holds nothing"));
         }
     }
 }

@@ -357,11 +357,20 @@ fn describe_comms(paths: PathsBuilder, schemas: &mut Vec<(String, RefOr<Schema>)
             post(operation("comms", "Send a message to a customer (email, WhatsApp, SMS)", "send_message")
                 .description(Some("Logs a queued outbound entry and writes the command for the channel's connector in one transaction; the connector's delivery reports update the entry's `delivery_status`."))
                 .parameter(id_parameter())
+                .parameter(
+                    ParameterBuilder::new()
+                        .name("Idempotency-Key")
+                        .parameter_in(ParameterIn::Header)
+                        .description(Some("1 to 255 visible ASCII characters naming this request: a retry with the same key gets the entry the first one logged (202, `Idempotent-Replayed: true`) and sends nothing again."))
+                        .schema(Some(String::schema())),
+                )
                 .request_body(Some(json_body("SendRequest", true)))
-                .response("202", json_response("Queued; Location names the log entry", record_schema("CommsEntry")))
+                .response("202", json_response("Queued (or, for a retry with the same Idempotency-Key, queued before); Location names the log entry", record_schema("CommsEntry")))
+                .response("400", problem("Malformed Idempotency-Key"))
                 .response("404", problem("No such customer"))
+                .response("413", problem("Request over 16 MiB"))
                 .response("415", problem("Body is not JSON"))
-                .response("422", problem("Invalid message: every problem with its JSON Pointer"))),
+                .response("422", problem("Invalid message: every problem with its JSON Pointer; or an Idempotency-Key used for another request"))),
         )
         .path(
             "/api/v1/inbox",

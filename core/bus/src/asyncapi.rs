@@ -23,8 +23,8 @@
 
 use crate::envelope::{CONTENT_TYPE, SPEC_VERSION};
 use crate::message::{
-    CallCompleted, Channel, DeliveryStatus, EnsureFolder, Exchange, FileContent, FileResult, Heartbeat, Message, MessageReceived, ReadFile,
-    SendMessage, StoreFile, command_group,
+    CORE_EVENTS_GROUP, CallCompleted, Channel, DeliveryStatus, EnsureFolder, Exchange, FileContent, FileResult, Heartbeat, Message,
+    MessageReceived, ReadFile, SendMessage, StoreFile, command_group,
 };
 use serde_json::{Map, Value, json};
 use utoipa::openapi::RefOr;
@@ -82,9 +82,6 @@ struct ChannelDoc {
     description: &'static str,
 }
 
-/// The core's consumer group for connector events (`crm_hub::ingest::GROUP`).
-const CORE_EVENTS: &str = "core.events";
-
 /// Everything the catalog gives the document: the messages and the schemas they use.
 struct Catalog {
     messages: Vec<MessageDoc>,
@@ -138,7 +135,7 @@ fn channels() -> Vec<ChannelDoc> {
             reply: false,
             replies_on: None,
             message: "MessageReceived",
-            group: Some(CORE_EVENTS.into()),
+            group: Some(CORE_EVENTS_GROUP.into()),
             bindings: &["*.message.received"],
             description: "A message someone sent on a channel (an email, a WhatsApp or SMS message), published by the channel's connector.",
         },
@@ -149,7 +146,7 @@ fn channels() -> Vec<ChannelDoc> {
             reply: false,
             replies_on: None,
             message: "DeliveryStatus",
-            group: Some(CORE_EVENTS.into()),
+            group: Some(CORE_EVENTS_GROUP.into()),
             bindings: &["*.message.status"],
             description: "What happened to an outbound message: the result of a send command, or a later report (delivered, read, bounced).",
         },
@@ -160,7 +157,7 @@ fn channels() -> Vec<ChannelDoc> {
             reply: false,
             replies_on: None,
             message: "CallCompleted",
-            group: Some(CORE_EVENTS.into()),
+            group: Some(CORE_EVENTS_GROUP.into()),
             bindings: &["call.completed"],
             description: "A telephone call that ended, published by the telephony connector.",
         },
@@ -171,7 +168,7 @@ fn channels() -> Vec<ChannelDoc> {
             reply: false,
             replies_on: None,
             message: "FileStored",
-            group: Some(CORE_EVENTS.into()),
+            group: Some(CORE_EVENTS_GROUP.into()),
             bindings: &["files.file.stored"],
             description: "A store-file or ensure-folder command succeeded.",
         },
@@ -182,7 +179,7 @@ fn channels() -> Vec<ChannelDoc> {
             reply: false,
             replies_on: None,
             message: "FileFailed",
-            group: Some(CORE_EVENTS.into()),
+            group: Some(CORE_EVENTS_GROUP.into()),
             bindings: &["files.file.failed"],
             description: "A store-file or ensure-folder command failed; the reason says why.",
         },
@@ -207,7 +204,7 @@ fn channels() -> Vec<ChannelDoc> {
             reply: false,
             replies_on: None,
             message: "Heartbeat",
-            group: Some(CORE_EVENTS.into()),
+            group: Some(CORE_EVENTS_GROUP.into()),
             bindings: &["connector.#"],
             description: "A connector instance announcing itself: at start, every interval and at shutdown.",
         },

@@ -91,6 +91,22 @@ pub fn command_group(channel: Channel) -> String {
     format!("connector.{}.commands", channel.as_str())
 }
 
+/// The core's consumer group for connector events: one queue, `<prefix>.core.events`, shared by
+/// every core replica.
+pub const CORE_EVENTS_GROUP: &str = "core.events";
+
+/// The events the core consumes: its group's bindings.
+pub const CORE_EVENT_BINDINGS: &[&str] =
+    &["*.message.received", "*.message.status", "call.completed", "files.file.stored", "files.file.failed", "connector.#"];
+
+/// The core's event queue with its bindings. The core consumes it, and every connector declares
+/// it when it starts, before it publishes anything: a topic exchange drops a message that no
+/// queue binds, so without it what a connector publishes before the core has ever run on the
+/// broker would be lost; with it, it waits for the core.
+pub fn core_events() -> crate::Subscription {
+    crate::Subscription::new(CORE_EVENTS_GROUP, Exchange::Events, CORE_EVENT_BINDINGS)
+}
+
 /// What kind of address a party has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

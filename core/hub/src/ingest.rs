@@ -16,7 +16,7 @@ use crm_bus::message::{
     Address, AddressKind as BusAddressKind, CallCompleted, CallDirection, Channel, DeliveryState, DeliveryStatus as StatusEvent,
     FileOutcome, FileResult, Heartbeat, InboundAttachment, MessageReceived, StoreFile,
 };
-use crm_bus::{Bus, Delivery, Envelope, Exchange, Message, Subscriber, Subscription, Trace};
+use crm_bus::{Bus, Delivery, Envelope, Message, Subscriber, Trace};
 use crm_domain::comms::{
     AddressKind, Attachment, ChannelAddress, CommsEntry, CommsType, DeliveryStatus, Direction, MatchInfo, Media, MediaDirection,
     MediaStatus, Triage, safe_filename,
@@ -32,12 +32,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// The core's consumer group for connector events.
-pub const GROUP: &str = "core.events";
-/// What the core consumes.
-pub const BINDINGS: &[&str] =
-    &["*.message.received", "*.message.status", "call.completed", "files.file.stored", "files.file.failed", "connector.#"];
 
 /// The longest body kept; longer bodies are cut with a note (the channel keeps the original).
 const MAX_BODY_CHARS: usize = 200_000;
@@ -68,7 +62,7 @@ impl Ingest {
     pub(crate) async fn subscribe(bus: &Bus, config: &HubConfig) -> Result<Subscriber, crm_bus::BusError> {
         // Twice the batch: the broker delivers the next batch while this one is being written.
         let prefetch = config.batch_size.saturating_mul(2);
-        bus.subscribe(Subscription::new(GROUP, Exchange::Events, BINDINGS).with_prefetch(prefetch)).await
+        bus.subscribe(crm_bus::message::core_events().with_prefetch(prefetch)).await
     }
 
     /// Consumes until `shutdown`; the batch in hand is finished first.

@@ -15,7 +15,7 @@ mod matcher;
 mod relay;
 
 pub use crm_domain::matching::{Matcher, NativeMatcher};
-pub use ingest::{BINDINGS as INGEST_BINDINGS, GROUP as INGEST_GROUP, MAX_REFERENCES as INGEST_MAX_REFERENCES};
+pub use ingest::MAX_REFERENCES as INGEST_MAX_REFERENCES;
 
 use crm_bus::message::{Channel, command_group};
 use crm_bus::{Bus, BusError, Exchange, Subscription};

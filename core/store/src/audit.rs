@@ -35,6 +35,16 @@ pub enum ActorKind {
     ApiKey,
 }
 
+impl Actor {
+    /// `user:<id>`, `api_key:<id>` or `system`: who, across requests.
+    pub(crate) fn label(&self) -> String {
+        match self.id {
+            Some(id) => format!("{}:{id}", self.kind.as_str()),
+            None => self.kind.as_str().to_owned(),
+        }
+    }
+}
+
 impl ActorKind {
     fn as_str(self) -> &'static str {
         match self {
@@ -193,7 +203,7 @@ impl Store {
         if let Some(to) = query.to {
             sql.push(" AND at < ").bind(Value::Time(Some(to)));
         }
-        push_page(&mut sql, AUDIT_SORT, SortDirection::Desc, query.cursor.as_deref(), limit)?;
+        let listing = push_page(&mut sql, AUDIT_SORT, SortDirection::Desc, query.cursor.as_deref(), limit)?;
         let rows = self.fetch_all(&sql).await?;
         let more = rows.len() > limit as usize;
         let items: Vec<AuditEntry> = rows.iter().take(limit as usize).map(decode).collect::<Result<_>>()?;
@@ -201,6 +211,7 @@ impl Store {
             Some(last) if more => Some(next_cursor(
                 AUDIT_SORT,
                 SortDirection::Desc,
+                listing,
                 serde_json::json!(last.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                 last.id,
             )),

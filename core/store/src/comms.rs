@@ -18,6 +18,42 @@ use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use uuid::Uuid;
 
+/// A client's key for one request that creates a record (the `Idempotency-Key` header), with
+/// the request it was first sent with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The client's key.
+    pub key: String,
+    /// A digest of the request (its route and body): a key stands for one request.
+    pub request: String,
+}
+
+/// What a create with an idempotency key came to.
+#[derive(Debug, Clone)]
+pub enum Created<R> {
+    /// The record this request created.
+    New(Record<R>),
+    /// The record an earlier request with the same key created (as it is now).
+    Earlier(Record<R>),
+}
+
+/// Inserts a record with its audit record and its outbox messages.
+async fn insert_with_commands<R: Resource>(
+    tx: &mut Tx,
+    actor: &audit::Actor,
+    id: Uuid,
+    data: R,
+    commands: &[serde_json::Value],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Record<R>> {
+    let record = insert_with_id(tx, id, data, now).await?;
+    audit::record_change(tx, actor, "create", R::TABLE, record.id, None, Some(&record.data)).await?;
+    for command in commands {
+        enqueue(tx, command, now).await?;
+    }
+    Ok(record)
+}
+
 impl Resource for CommsEntry {
     type Filter = CommsFilter;
 }
@@ -368,13 +404,56 @@ impl Store {
     pub async fn create_with_commands<R: Resource>(&self, id: Uuid, data: R, commands: &[serde_json::Value]) -> Result<Record<R>> {
         let now = now();
         let mut tx = self.begin().await?;
-        let record = insert_with_id(&mut tx, id, data, now).await?;
-        audit::record_change(&mut tx, &self.actor, "create", R::TABLE, record.id, None, Some(&record.data)).await?;
-        for command in commands {
-            enqueue(&mut tx, command, now).await?;
-        }
+        let record = insert_with_commands(&mut tx, &self.actor, id, data, commands, now).await?;
         tx.commit().await?;
         Ok(record)
+    }
+
+    /// [`Store::create_with_commands`] for a request that carries an idempotency key: the key
+    /// is stored in the same transaction, so the first request with it creates the record and
+    /// every later one by the same caller gets that record back ([`Created::Earlier`]), with no
+    /// second record and no second command, even when they run at once. The same key with
+    /// another request is refused (422 at `/Idempotency-Key`).
+    #[allow(private_bounds)]
+    pub async fn create_once_with_commands<R: Resource>(
+        &self,
+        key: &IdempotencyKey,
+        id: Uuid,
+        data: R,
+        commands: &[serde_json::Value],
+    ) -> Result<Created<R>> {
+        let now = now();
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("INSERT INTO idempotency_keys (actor, key, request, record_id, created_at) VALUES (");
+        sql.bind(Value::Text(Some(self.actor.label()))).push(", ").bind(Value::Text(Some(key.key.clone()))).push(", ");
+        sql.bind(Value::Text(Some(key.request.clone()))).push(", ").bind(Value::Uuid(Some(id))).push(", ");
+        // Waits for a concurrent request with the same key to end; taken, if it committed.
+        sql.bind(Value::Time(Some(now))).push(") ON CONFLICT DO NOTHING");
+        if tx.execute(&sql).await? == 0 {
+            drop(tx);
+            let earlier = self.created_with_key(key).await?;
+            return earlier.map(Created::Earlier).ok_or_else(|| StoreError::Corrupt(format!("idempotency key {:?} vanished", key.key)));
+        }
+        let record = insert_with_commands(&mut tx, &self.actor, id, data, commands, now).await?;
+        tx.commit().await?;
+        Ok(Created::New(record))
+    }
+
+    /// The record an earlier request of this caller with `key` created (as it is now, deleted or
+    /// not), if there was one. The same key with another request is refused (422 at
+    /// `/Idempotency-Key`).
+    #[allow(private_bounds)]
+    pub async fn created_with_key<R: Resource>(&self, key: &IdempotencyKey) -> Result<Option<Record<R>>> {
+        let mut sql = Sql::new("SELECT request, record_id FROM idempotency_keys WHERE actor = ");
+        sql.bind(Value::Text(Some(self.actor.label()))).push(" AND key = ").bind(Value::Text(Some(key.key.clone())));
+        let Some(row) = self.fetch_all(&sql).await?.into_iter().next() else { return Ok(None) };
+        if row.get::<String>("request")? != key.request {
+            return Err(StoreError::Invalid(crm_domain::Violations::one(
+                "/Idempotency-Key",
+                "was used for another request: a new request needs a new key",
+            )));
+        }
+        Ok(Some(self.get::<R>(row.uuid("record_id")?, true).await?))
     }
 
     /// Records a delivery report for an outbound entry, found by id or by its channel key. A

@@ -308,6 +308,20 @@ impl Sql {
         self
     }
 
+    /// A short digest of the statement so far, its text and its values: what a listing's cursor
+    /// is tied to, so that a cursor is refused by any other listing (another resource, filter,
+    /// search or user's view).
+    pub(crate) fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(self.text.as_bytes());
+        for value in &self.args {
+            hasher.update([0]);
+            hasher.update(format!("{value:?}").as_bytes());
+        }
+        hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub(crate) fn bind(&mut self, value: Value) -> &mut Self {
         self.args.push(value);
         let start = self.text.len();

@@ -27,7 +27,9 @@ mod resources;
 
 pub use audit::{Actor, ActorKind, AuditEntry, AuditQuery};
 pub use auth::{ApiKeyFilter, RefreshOutcome, UserFilter};
-pub use comms::{Assigned, DeliveryRecorded, EXT_KEY_MAX_ID_BYTES, FileStored, HELD_REPORTS_KEPT, InboundEntry, Logged, ext_key};
+pub use comms::{
+    Assigned, Created, DeliveryRecorded, EXT_KEY_MAX_ID_BYTES, FileStored, HELD_REPORTS_KEPT, IdempotencyKey, InboundEntry, Logged, ext_key,
+};
 pub use db::{Backend, Store, StoreConfig, redact_url};
 pub use error::StoreError;
 pub use outbox::{ConnectorInstance, DeadLetter, DeadLetterLease, OutboxFailure, OutboxMessage, OutboxRetry};

@@ -3,12 +3,16 @@
 //! the connector instances seen through their heartbeats.
 
 use crate::db::{Sql, Tx, Value};
-use crate::query::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::query::{MAX_LIMIT, Page, SortDirection, SortKey, SortKind, next_cursor, page_size, push_page};
+use crate::resources::sort;
 use crate::resources::{json, now};
 use crate::{Result, Store, StoreError};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use uuid::Uuid;
+
+/// Dead letters are listed in the order they were filed (their `seq`).
+const FILED: SortKey = sort("filed", "seq", SortKind::Int);
 
 /// Writes an outbox message inside the caller's transaction.
 pub(crate) async fn enqueue(tx: &mut Tx, envelope: &serde_json::Value, now: DateTime<Utc>) -> Result<()> {
@@ -280,16 +284,17 @@ impl Store {
         tx.commit().await
     }
 
-    /// Dead letters, newest first, optionally only those in `status`; `before` is the last `seq`
-    /// of the previous page.
+    /// Dead letters, newest filed first, optionally only those in `status` or of `consumer`; a
+    /// page at a time, like every listing (`cursor` from the previous page, `limit` 1 to
+    /// [`MAX_LIMIT`]).
     pub async fn dead_letters(
         &self,
         status: Option<&str>,
         consumer: Option<&str>,
-        before: Option<i64>,
+        cursor: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<(Vec<DeadLetter>, Option<i64>)> {
-        let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    ) -> Result<Page<DeadLetter>> {
+        let limit = page_size(limit)?;
         let mut sql = Sql::new(format!("SELECT seq, {} FROM dead_letters WHERE 1 = 1", dead_letter_columns(self.backend())));
         if let Some(status) = status {
             sql.push(" AND status = ").bind(Value::Text(Some(status.into())));
@@ -297,19 +302,19 @@ impl Store {
         if let Some(consumer) = consumer {
             sql.push(" AND consumer = ").bind(Value::Text(Some(consumer.into())));
         }
-        if let Some(before) = before {
-            sql.push(" AND seq < ").bind(Value::Int(Some(before)));
-        }
-        sql.push(&format!(" ORDER BY seq DESC LIMIT {}", limit + 1));
+        let listing = push_page(&mut sql, FILED, SortDirection::Desc, cursor, limit)?;
         let rows = self.fetch_all(&sql).await?;
         let more = rows.len() > limit as usize;
-        let mut letters = Vec::new();
-        let mut last = None;
-        for row in rows.iter().take(limit as usize) {
-            last = Some(row.get::<i64>("seq")?);
-            letters.push(decode_dead_letter(row)?);
+        let mut items = Vec::new();
+        let mut next = None;
+        for (i, row) in rows.iter().take(limit as usize).enumerate() {
+            let letter = decode_dead_letter(row)?;
+            if more && i + 1 == limit as usize {
+                next = Some(next_cursor(FILED, SortDirection::Desc, listing.clone(), row.get::<i64>("seq")?.into(), letter.id));
+            }
+            items.push(letter);
         }
-        Ok((letters, if more { last } else { None }))
+        Ok(Page { items, next_cursor: next })
     }
 
     /// One dead letter.

@@ -2,7 +2,8 @@
 //!
 //! Pages are keyset-paginated on `(sort column, id)`, so a page costs the same however deep it
 //! is and rows inserted meanwhile never shift the pages that follow. The cursor is opaque to
-//! clients (base64url JSON) and remembers the sort it belongs to.
+//! clients (base64url JSON) and remembers the listing it belongs to: its sort, and a digest of
+//! its query (resource, filters, search, the caller's view), so that it cannot continue another.
 
 use crate::db::{Sql, Value};
 use crate::{Result, StoreError};
@@ -292,6 +293,8 @@ struct Cursor {
     /// Sort name and direction it belongs to.
     s: String,
     d: SortDirection,
+    /// The digest of the listing's query ([`Sql::digest`]).
+    q: String,
     /// The last row's sort value and id.
     v: serde_json::Value,
     id: Uuid,
@@ -323,12 +326,14 @@ impl SortKey {
     }
 }
 
-/// Appends the keyset condition for `cursor` (if any), the order and the limit.
-pub(crate) fn push_page(sql: &mut Sql, key: SortKey, direction: SortDirection, cursor: Option<&str>, limit: u32) -> Result<()> {
+/// Appends the keyset condition for `cursor` (if any), the order and the limit to the listing's
+/// query `sql`. Returns the listing's digest, for [`next_cursor`].
+pub(crate) fn push_page(sql: &mut Sql, key: SortKey, direction: SortDirection, cursor: Option<&str>, limit: u32) -> Result<String> {
     let (op, dir) = match direction {
         SortDirection::Asc => (">", "ASC"),
         SortDirection::Desc => ("<", "DESC"),
     };
+    let listing = sql.digest();
     if let Some(cursor) = cursor {
         let bad = || invalid("cursor", "is not a cursor from this listing");
         let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
@@ -336,16 +341,20 @@ pub(crate) fn push_page(sql: &mut Sql, key: SortKey, direction: SortDirection, c
         if cursor.s != key.name || cursor.d != direction {
             return Err(invalid("cursor", format!("belongs to a listing sorted by {} {:?}; start again without it", cursor.s, cursor.d)));
         }
+        if cursor.q != listing {
+            return Err(invalid("cursor", "belongs to another listing (other filters or search); start again without it"));
+        }
         let value = key.value_from_json(&cursor.v).ok_or_else(bad)?;
         sql.push(&format!(" AND ({col}, id) {op} (", col = key.column)).bind(value).push(", ").bind(Value::Uuid(Some(cursor.id))).push(")");
     }
     sql.push(&format!(" ORDER BY {col} {dir}, id {dir} LIMIT {limit}", col = key.column, limit = limit + 1));
-    Ok(())
+    Ok(listing)
 }
 
-/// The cursor that continues after a row with this sort value and id.
-pub(crate) fn next_cursor(key: SortKey, direction: SortDirection, value: serde_json::Value, id: Uuid) -> String {
-    let cursor = Cursor { s: key.name.to_owned(), d: direction, v: value, id };
+/// The cursor that continues the listing with digest `listing` after a row with this sort value
+/// and id.
+pub(crate) fn next_cursor(key: SortKey, direction: SortDirection, listing: String, value: serde_json::Value, id: Uuid) -> String {
+    let cursor = Cursor { s: key.name.to_owned(), d: direction, q: listing, v: value, id };
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
 }
 

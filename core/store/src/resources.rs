@@ -310,7 +310,7 @@ impl Store {
         for condition in query.filter.conditions() {
             condition.push(&mut sql);
         }
-        push_page(&mut sql, key, query.direction, query.cursor.as_deref(), limit)?;
+        let listing = push_page(&mut sql, key, query.direction, query.cursor.as_deref(), limit)?;
         let rows = self.fetch_all(&sql).await?;
         let more = rows.len() > limit as usize;
         let mut items = Vec::with_capacity(limit as usize);
@@ -325,7 +325,7 @@ impl Store {
                         serde_json::Value::from(row.time("sort_key")?.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
                     }
                 };
-                next = Some(next_cursor(key, query.direction, value, record.id));
+                next = Some(next_cursor(key, query.direction, listing.clone(), value, record.id));
             }
             items.push(record);
         }
