@@ -45,7 +45,7 @@ async fn preflight(app: &TestApp, origin: &str, path: &str, method: &str) -> Res
         .request(Method::OPTIONS, app.url(path))
         .header("origin", origin)
         .header("access-control-request-method", method)
-        .header("access-control-request-headers", "authorization, content-type, if-match")
+        .header("access-control-request-headers", "authorization, content-type, if-match, if-none-match, idempotency-key")
         .send()
         .await
         .expect("request")
@@ -74,7 +74,7 @@ async fn console_origin_is_allowed_others_are_not(app: &TestApp) {
         assert!(methods.contains(&method.to_owned()), "{method} not in {methods:?}");
     }
     let headers = list_header(&response, "access-control-allow-headers");
-    for header in ["authorization", "content-type", "if-match"] {
+    for header in ["authorization", "content-type", "if-match", "if-none-match", "idempotency-key"] {
         assert!(headers.contains(&header.to_owned()), "{header} not in {headers:?}");
     }
     // No credentials are needed for a preflight, and none are asked for.
@@ -93,7 +93,9 @@ async fn console_origin_is_allowed_others_are_not(app: &TestApp) {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(allowed_origin(&response).as_deref(), Some(CONSOLE));
     let exposed = list_header(&response, "access-control-expose-headers");
-    assert!(exposed.contains(&"etag".to_owned()) && exposed.contains(&"location".to_owned()), "{exposed:?}");
+    for header in ["etag", "location", "idempotent-replayed"] {
+        assert!(exposed.contains(&header.to_owned()), "{header} not in {exposed:?}");
+    }
     let response = app.client.get(app.url(&path)).header("origin", ELSEWHERE).send().await.expect("request");
     assert_eq!(allowed_origin(&response), None);
     // A 401 to the console is readable too, so the console can send the user to sign in.

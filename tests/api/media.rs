@@ -20,6 +20,7 @@ crm_tests::configured_api_on_both_backends!(
     oversized_uploads_are_refused_and_write_nothing => small_uploads,
     stored_content_comes_from_the_files_connector => small_uploads,
     agents_reach_their_customers_files => small_uploads,
+    a_retried_upload_with_its_key_is_stored_once => small_uploads,
 );
 
 /// The upload cap of these tests.
@@ -61,15 +62,12 @@ fn form(parts: &[Part<'_>]) -> (String, Vec<u8>) {
 }
 
 async fn upload_as(app: &TestApp, client: &reqwest::Client, parts: &[Part<'_>]) -> reqwest::Response {
+    upload_request(app, client, parts).send().await.expect("request")
+}
+
+fn upload_request(app: &TestApp, client: &reqwest::Client, parts: &[Part<'_>]) -> reqwest::RequestBuilder {
     let (content_type, body) = form(parts);
-    client
-        .post(app.url("/api/v1/media"))
-        .header("content-type", content_type)
-        .header("x-request-id", "req-upload")
-        .body(body)
-        .send()
-        .await
-        .expect("request")
+    client.post(app.url("/api/v1/media")).header("content-type", content_type).header("x-request-id", "req-upload").body(body)
 }
 
 async fn upload(app: &TestApp, parts: &[Part<'_>]) -> reqwest::Response {
@@ -467,4 +465,29 @@ async fn agents_reach_their_customers_files(app: &TestApp) {
     assert_eq!(uploaded["uploaded_by"], json!(format!("user:{agent_id}")));
     let response = agent.delete(app.url(&format!("/api/v1/media/{}", id(&my_file)))).send().await.expect("request");
     expect_problem(response, StatusCode::FORBIDDEN).await;
+}
+
+/// An upload retried with its `Idempotency-Key` after a lost answer gets the first record and
+/// writes no second record or command; the same key with other bytes is refused.
+async fn a_retried_upload_with_its_key_is_stored_once(app: &TestApp) {
+    let customer = create_customer(app, "Στέλιος Μπιμπης").await;
+    let bytes = every_byte(1000);
+    let parts =
+        [Part::Text("customer_id", id(&customer)), Part::File { filename: "καμπάνα.jpg", content_type: Some("image/jpeg"), bytes: &bytes }];
+    let keyed = |parts: &[Part<'_>]| upload_request(app, &app.client, parts).header("idempotency-key", "upload-7");
+    let first = expect_json(keyed(&parts).send().await.expect("request"), StatusCode::ACCEPTED).await;
+    let retry = keyed(&parts).send().await.expect("request");
+    assert_eq!(header_value(retry.headers(), "idempotent-replayed"), Some("true"));
+    assert_eq!(expect_json(retry, StatusCode::ACCEPTED).await, first);
+    assert_eq!(outbox(app).await.len(), 1, "one store command");
+
+    let other_bytes = every_byte(999);
+    let other = [
+        Part::Text("customer_id", id(&customer)),
+        Part::File { filename: "καμπάνα.jpg", content_type: Some("image/jpeg"), bytes: &other_bytes },
+    ];
+    let problem = expect_problem(keyed(&other).send().await.expect("request"), StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(pointers(&problem), ["/Idempotency-Key"], "{problem:#}");
+    let listed = expect_json(get_query(app, "/api/v1/media", &[("customer_id", id(&customer))]).await, StatusCode::OK).await;
+    assert_eq!(item_ids(&listed), [id(&first)]);
 }

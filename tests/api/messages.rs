@@ -254,7 +254,8 @@ async fn a_retry_with_its_idempotency_key_sends_once(app: &TestApp) {
         expect_problem(send_with_key(app, id(&customer), "order-42-offer", &changed).await, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(pointers(&problem), ["/Idempotency-Key"], "{problem:#}");
     for bad in ["", "\"\"", "κλειδί", &"k".repeat(256)] {
-        expect_problem(send_with_key(app, id(&customer), bad, &body).await, StatusCode::BAD_REQUEST).await;
+        let problem = expect_problem(send_with_key(app, id(&customer), bad, &body).await, StatusCode::BAD_REQUEST).await;
+        assert_eq!(pointers(&problem), ["/Idempotency-Key"], "{bad}: {problem:#}");
     }
 
     // Retries racing each other.
@@ -268,4 +269,13 @@ async fn a_retry_with_its_idempotency_key_sends_once(app: &TestApp) {
     assert_eq!(outbox(app).await.len(), 1, "one command for the eight");
     let page = expect_json(get_query(app, "/api/v1/comms", &[("customer_id", id(&customer))]).await, StatusCode::OK).await;
     assert_eq!(item_ids(&page).len(), 2, "two messages logged: {page:#}");
+
+    // The customer deleted meanwhile: a retry still learns its message was taken; a new
+    // request finds no customer.
+    let response = app.client.delete(app.url(&format!("/api/v1/customers/{}", id(&customer)))).send().await.expect("request");
+    assert!(response.status().is_success(), "{}", response.status());
+    let retry = send_with_key(app, id(&customer), "order-42-offer", &body).await;
+    assert_eq!(expect_json(retry, StatusCode::ACCEPTED).await, first);
+    expect_problem(send_with_key(app, id(&customer), "a-new-key", &body).await, StatusCode::NOT_FOUND).await;
+    expect_problem(send_message(app, id(&customer), "r-gone", &body).await, StatusCode::NOT_FOUND).await;
 }

@@ -1,14 +1,15 @@
 //! The outbox relay marks each message by its own outcome: a command the bus refuses (for a
 //! channel no connector serves) between valid ones neither re-sends them nor blocks what is
 //! written after it; it waits out a backoff, visible to ops with its attempts and last error.
-//! One the bus can never take is filed as a dead letter and fails the entry waiting for it.
+//! One the bus can never take (a bad routing key, a file too large for a message) is filed as a
+//! dead letter and fails the record waiting for it, and the outbox goes on.
 //! On both transports and both backends, without the spy of the other scenarios (it binds every
 //! command, so nothing would be refused).
 
 use chrono::Utc;
-use crm_bus::message::{Address, Channel, SendMessage, command_group};
-use crm_bus::{Envelope, Exchange, Subscription, Trace};
-use crm_domain::comms::{CommsEntry, CommsType, DeliveryStatus};
+use crm_bus::message::{Address, Bytes, Channel, SendMessage, StoreFile, command_group};
+use crm_bus::{BusConfig, Envelope, Exchange, Subscription, Trace};
+use crm_domain::comms::{CommsEntry, CommsType, DeliveryStatus, Media, MediaStatus};
 use crm_domain::contact::Region;
 use crm_hub::{Hub, HubConfig, NativeMatcher};
 use crm_tests::bus::{TestBus, Transport, wait_until};
@@ -42,6 +43,17 @@ fn id(envelope: &serde_json::Value) -> String {
     envelope["id"].as_str().expect("an id").to_owned()
 }
 
+/// A hub whose relay the test wakes, and a subscriber standing in for the email connector.
+async fn start(db: &TestDb, bus: &TestBus) -> (Hub, Arc<Notify>, crm_bus::Subscriber) {
+    let wakeup = Arc::new(Notify::new());
+    let hub = Hub::start(db.store.clone(), bus.bus.clone(), Arc::new(NativeMatcher::new(Region::GR)), HubConfig::default(), wakeup.clone())
+        .await
+        .expect("hub starts");
+    let email =
+        bus.bus.subscribe(Subscription::new(command_group(Channel::Email), Exchange::Commands, &["email.#"])).await.expect("subscribed");
+    (hub, wakeup, email)
+}
+
 /// Writes `commands` to the outbox in one transaction (with a media record, as an upload does).
 async fn write(db: &TestDb, commands: &[serde_json::Value]) {
     let file = crm_tests::pending_media(None, "f.pdf", "application/pdf");
@@ -51,12 +63,7 @@ async fn write(db: &TestDb, commands: &[serde_json::Value]) {
 async fn a_refused_command_neither_repeats_nor_blocks_the_others(transport: Transport, backend: Backend) {
     let Some(db) = TestDb::new(backend).await else { return };
     let Some(bus) = TestBus::new(transport).await else { return };
-    let wakeup = Arc::new(Notify::new());
-    let hub = Hub::start(db.store.clone(), bus.bus.clone(), Arc::new(NativeMatcher::new(Region::GR)), HubConfig::default(), wakeup.clone())
-        .await
-        .expect("hub starts");
-    let mut email =
-        bus.bus.subscribe(Subscription::new(command_group(Channel::Email), Exchange::Commands, &["email.#"])).await.expect("subscribed");
+    let (hub, wakeup, mut email) = start(&db, &bus).await;
 
     // No connector serves calls: the hub declares no queue for their commands.
     let batch = [send(Channel::Email, 1), send(Channel::Call, 2), send(Channel::Email, 3)];
@@ -107,12 +114,7 @@ async fn a_refused_command_neither_repeats_nor_blocks_the_others(transport: Tran
 async fn a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(transport: Transport, backend: Backend) {
     let Some(db) = TestDb::new(backend).await else { return };
     let Some(bus) = TestBus::new(transport).await else { return };
-    let wakeup = Arc::new(Notify::new());
-    let hub = Hub::start(db.store.clone(), bus.bus.clone(), Arc::new(NativeMatcher::new(Region::GR)), HubConfig::default(), wakeup.clone())
-        .await
-        .expect("hub starts");
-    let mut email =
-        bus.bus.subscribe(Subscription::new(command_group(Channel::Email), Exchange::Commands, &["email.#"])).await.expect("subscribed");
+    let (hub, wakeup, mut email) = start(&db, &bus).await;
     let customer = customer_with_email(&db.store, "Ναός Αγίας Σοφίας", "sofia@example.gr").await;
 
     let mut command = Envelope::from_structured(&send(Channel::Email, 1)).unwrap();
@@ -143,6 +145,48 @@ async fn a_message_the_bus_can_never_take_is_filed_and_fails_its_entry(transport
     bus.cleanup().await;
 }
 
+/// A file too large for a bus message (a broker would close the channel on it, and the relay
+/// would retry it ahead of everything else for ever) is refused before it is published: filed
+/// as a dead letter of `core.outbox`, its media record failed with the reason, and the command
+/// written after it goes out.
+async fn a_file_too_large_for_the_bus_fails_its_media_and_blocks_nothing(transport: Transport, backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let config = BusConfig { max_message_bytes: 16 * 1024, ..crm_tests::bus::test_bus_config() };
+    let Some(bus) = TestBus::with_config(transport, config).await else { return };
+    let (hub, wakeup, mut email) = start(&db, &bus).await;
+
+    let media_id = Uuid::now_v7();
+    let store = StoreFile {
+        media_id,
+        path: format!("customers/x/media/{media_id}-big.bin"),
+        mime_type: "application/octet-stream".into(),
+        overwrite: false,
+        content: Bytes(vec![7; 20 * 1024]),
+    };
+    let command = Envelope::new("/crm/core", &store, Trace::new("req-big")).to_structured();
+    let file = crm_tests::pending_media(None, "big.bin", "application/octet-stream");
+    db.store.create_with_commands(media_id, file, &[command]).await.expect("written with its command");
+    let later = send(Channel::Email, 3);
+    write(&db, std::slice::from_ref(&later)).await;
+    wakeup.notify_one();
+
+    let delivery = tokio::time::timeout(WAIT, email.next()).await.expect("the command after it arrives").expect("bus open");
+    assert_eq!(delivery.envelope.id, id(&later));
+    delivery.ack().await.unwrap();
+    wait_until("the media to fail", WAIT, || async {
+        db.store.get::<Media>(media_id, false).await.unwrap().data.status == MediaStatus::Failed
+    })
+    .await;
+    let failed = db.store.get::<Media>(media_id, false).await.unwrap();
+    let reason = failed.data.status_reason.expect("a reason");
+    assert!(reason.contains("larger than the bus takes (16384 bytes)"), "{reason}");
+    assert_eq!(db.store.dead_letter_counts().await.unwrap(), vec![("core.outbox".to_owned(), 1)]);
+    wait_until("nothing left to retry", WAIT, || async { db.store.outbox_backlog().await.unwrap().0 == 0 }).await;
+    drop(email);
+    hub.shutdown().await;
+    bus.cleanup().await;
+}
+
 /// Runs each scenario on both transports and both backends: a module per combination, as the
 /// hub's `scenarios!` lays them out.
 macro_rules! on_every_bus_and_backend {
@@ -168,4 +212,5 @@ macro_rules! on_every_bus_and_backend {
 on_every_bus_and_backend!(
     a_refused_command_neither_repeats_nor_blocks_the_others,
     a_message_the_bus_can_never_take_is_filed_and_fails_its_entry,
+    a_file_too_large_for_the_bus_fails_its_media_and_blocks_nothing,
 );

@@ -33,6 +33,7 @@ pub fn test_bus_config() -> BusConfig {
         prefix: format!("test-{}", uuid::Uuid::now_v7().simple()),
         retry: RetryPolicy { max_attempts: 3, backoff: vec![Duration::from_millis(50), Duration::from_millis(100)] },
         confirm_timeout: Duration::from_secs(10),
+        ..BusConfig::default()
     }
 }
 

@@ -48,6 +48,10 @@ pub struct ConnectorSettings {
     pub amqp_url: Option<SecretString>,
     /// Prefix of every exchange and queue name (`crm`).
     pub bus_prefix: String,
+    /// The largest message the connector publishes, in bytes: the broker's `max_message_size`
+    /// or below (RabbitMQ 3.x: 128 MiB; 4.x: 16 MiB). A larger one (a file read back, say) is
+    /// refused before it reaches the broker.
+    pub bus_max_message_bytes: u64,
     /// This instance's name in heartbeats and event sources; default `<hostname>-<pid>`.
     #[serde(deserialize_with = "optional_text")]
     pub instance: Option<String>,
@@ -71,6 +75,7 @@ impl Default for ConnectorSettings {
         ConnectorSettings {
             amqp_url: None,
             bus_prefix: crm_bus::BusConfig::default().prefix,
+            bus_max_message_bytes: crm_bus::DEFAULT_MAX_MESSAGE_BYTES as u64,
             instance: None,
             prefetch: run.prefetch,
             max_in_flight: run.max_in_flight,
@@ -87,6 +92,7 @@ impl std::fmt::Debug for ConnectorSettings {
         f.debug_struct("ConnectorSettings")
             .field("amqp_url", &self.amqp_url.as_ref().map(|url| redact_url(url.expose_secret())))
             .field("bus_prefix", &self.bus_prefix)
+            .field("bus_max_message_bytes", &self.bus_max_message_bytes)
             .field("instance", &self.instance)
             .field("prefetch", &self.prefetch)
             .field("max_in_flight", &self.max_in_flight)
@@ -134,9 +140,13 @@ impl ConnectorSettings {
         }
     }
 
-    /// The bus configuration (prefix; the transport's defaults otherwise).
+    /// The bus configuration (prefix, largest message; the transport's defaults otherwise).
     pub fn bus_config(&self) -> crm_bus::BusConfig {
-        crm_bus::BusConfig { prefix: self.bus_prefix.clone(), ..crm_bus::BusConfig::default() }
+        crm_bus::BusConfig {
+            prefix: self.bus_prefix.clone(),
+            max_message_bytes: usize::try_from(self.bus_max_message_bytes).unwrap_or(usize::MAX),
+            ..crm_bus::BusConfig::default()
+        }
     }
 }
 

@@ -147,7 +147,7 @@ impl<C: Connector> Runner<C> {
     async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.hub.shutdown().clone();
         tracing::info!(version = C::VERSION, transport = self.hub.bus().transport(), "connector starting");
-        if !self.declare_core_queue().await? {
+        if !self.declare_core_queue().await {
             return Ok(());
         }
         self.heartbeat(Health { state: ConnectorState::Starting, detail: None }).await;
@@ -205,13 +205,19 @@ impl<C: Connector> Runner<C> {
 
     /// Declares the core's event queue and its bindings before anything is published, retrying
     /// while the bus is unreachable: on a broker where the core has never run, the events
-    /// exchange would otherwise drop every event (and the broker would confirm them). `false`
-    /// when shut down first.
-    async fn declare_core_queue(&self) -> anyhow::Result<bool> {
+    /// exchange would otherwise drop every event (and the broker would confirm them). A broker
+    /// that refuses the declaration (no configure permission on the queue for this connector's
+    /// user, a queue of that name with other arguments) is logged and the connector goes on, as
+    /// before: where the core has run, its queue is there. `false` when shut down first.
+    async fn declare_core_queue(&self) -> bool {
         let core = core_events();
-        let declared =
-            retry_while_unreachable(self.hub.shutdown(), "declaring the core's event queue", || self.hub.bus().declare(&core)).await;
-        Ok(declared.with_context(|| format!("cannot declare the core's event queue ({})", core.group))?.is_some())
+        match retry_while_unreachable(self.hub.shutdown(), "declaring the core's event queue", || self.hub.bus().declare(&core)).await {
+            Ok(declared) => declared.is_some(),
+            Err(err) => {
+                tracing::warn!(group = %core.group, error = %err, "the broker refused to declare the core's event queue; events published before the core first runs on this broker would be lost");
+                true
+            }
+        }
     }
 
     /// Subscribes to the command queue, retrying while the bus is unreachable; `None` when shut

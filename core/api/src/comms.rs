@@ -7,8 +7,8 @@ use crate::auth::{Ctx, Requirement, RouteRule};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, IdempotencyKeyHeader, IfMatch, JsonBody, body_limit, list_query, request_digest, strict_query, typed};
 use crate::resources::{
-    ApiResource, created, customer_is_mine, linkable_customer, list_request, located, not_found, nul_character, parse_body, readable,
-    with_etag,
+    ApiResource, create_with_commands, created, customer_is_mine, linkable_customer, list_request, not_found, nul_character, parse_body,
+    readable, replay, with_etag,
 };
 use crate::telemetry::RequestId;
 use crate::{AppState, CORE_SOURCE};
@@ -26,7 +26,7 @@ use crm_domain::contact::{Contact, ContactType, Email, PhoneE164, Region};
 use crm_domain::customer::Customer;
 use crm_domain::error::optional_text;
 use crm_domain::{Record, Violations, strip_read_only};
-use crm_store::{CommsFilter, Created, IdempotencyKey, ListQuery, Page, SortDirection};
+use crm_store::{CommsFilter, IdempotencyKey, ListQuery, Page, SortDirection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -502,13 +502,15 @@ async fn send_message(
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
-    let customer = readable::<Customer>(&ctx, id, Action::Edit, false).await?;
-    // A retry of a request already taken gets its entry back, whatever changed since.
+    // A retry of a request already taken gets its entry back, whatever changed since: even
+    // when the customer was deleted meanwhile (the message is on its way all the same).
     let key = key.map(|key| IdempotencyKey { key, request: request_digest(&format!("POST /customers/{id}/messages"), &body) });
-    if let Some(key) = &key
-        && let Some(earlier) = ctx.store.created_with_key::<CommsEntry>(key).await?
-    {
-        return Ok(replayed(earlier));
+    let customer = readable::<Customer>(&ctx, id, Action::Edit, key.is_some()).await?;
+    if let Some(replayed) = replay::<CommsEntry>(&ctx, key.as_ref()).await? {
+        return Ok(replayed);
+    }
+    if customer.deleted_at.is_some() {
+        return Err(not_found::<Customer>(crm_store::StoreError::NotFound, id));
     }
     if let Some(pointer) = nul_character(&body, String::new()) {
         return Err(ApiError::Invalid(Violations::one(pointer, "must not contain the NUL character (U+0000)")));
@@ -517,21 +519,5 @@ async fn send_message(
     let entry_id = Uuid::now_v7();
     let Outbound { entry, command } = outbound(&ctx, state.default_region, &customer, request, entry_id).await?;
     let envelope = Envelope::new(CORE_SOURCE, &command, request_id.trace()).to_structured();
-    let record = match &key {
-        None => ctx.store.create_with_commands(entry_id, entry, &[envelope]).await?,
-        Some(key) => match ctx.store.create_once_with_commands(key, entry_id, entry, &[envelope]).await? {
-            Created::New(record) => record,
-            Created::Earlier(earlier) => return Ok(replayed(earlier)),
-        },
-    };
-    state.wake_relay();
-    Ok(located(StatusCode::ACCEPTED, record))
-}
-
-/// The answer to a retry with an idempotency key: the entry the first request logged, as the
-/// first answer gave it (202, its location), marked `Idempotent-Replayed: true`.
-fn replayed(entry: Record<CommsEntry>) -> Response {
-    let mut response = located(StatusCode::ACCEPTED, entry);
-    response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
-    response
+    create_with_commands(&state, &ctx, key.as_ref(), entry_id, entry, &[envelope]).await
 }

@@ -146,7 +146,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
         let text = value.to_str().unwrap_or("").trim();
         let key = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
         if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) || key.contains('"') {
-            return Err(ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into()));
+            return Err(ApiError::BadQuery(Violations::one("/Idempotency-Key", "must be 1 to 255 visible ASCII characters")));
         }
         Ok(IdempotencyKeyHeader(Some(key.to_owned())))
     }

@@ -6,8 +6,10 @@
 
 use crate::auth::{Ctx, Requirement, RouteRule};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, JsonBody, is_json, media_type};
-use crate::resources::{ApiResource, created, customer_is_mine, linkable_customer, list, located, parse_body, readable};
+use crate::extract::{Id, IdempotencyKeyHeader, JsonBody, is_json, media_type, request_digest};
+use crate::resources::{
+    ApiResource, create_with_commands, created, customer_is_mine, linkable_customer, list, parse_body, readable, replay,
+};
 use crate::telemetry::RequestId;
 use crate::{AppState, CORE_SOURCE, MAX_BODY_BYTES};
 use axum::Router;
@@ -23,7 +25,7 @@ use crm_domain::Violations;
 use crm_domain::access::{Action, Area, Scope};
 use crm_domain::comms::{self, Media, MediaDirection, MediaInput, MediaStatus};
 use crm_domain::order::Order;
-use crm_store::MediaFilter;
+use crm_store::{IdempotencyKey, MediaFilter};
 use http_body_util::Limited;
 use serde::Deserialize;
 use serde_json::Value;
@@ -151,10 +153,16 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// `POST /api/v1/media`: JSON metadata (201) or a `multipart/form-data` upload (202).
-async fn create_media(State(state): State<AppState>, ctx: Ctx, request_id: RequestId, request: Request) -> ApiResult<Response> {
+async fn create_media(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    request_id: RequestId,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
+    request: Request,
+) -> ApiResult<Response> {
     let essence = media_type(request.headers());
     if essence == "multipart/form-data" {
-        return upload(&state, &ctx, &request_id, request).await;
+        return upload(&state, &ctx, &request_id, key, request).await;
     }
     if !is_json(&essence) {
         return Err(ApiError::UnsupportedMediaType("application/json (metadata) or multipart/form-data (an upload)"));
@@ -237,9 +245,25 @@ async fn read_form(mut multipart: Multipart, limit: usize, errors: &mut Violatio
     Ok(form)
 }
 
+/// What an upload's idempotency key stands for: its fields and the file's name, type and digest.
+fn upload_digest(input: &MediaInput, part_name: Option<&str>, part_type: Option<&str>, bytes: &[u8]) -> String {
+    let file: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let form = serde_json::json!({
+        "customer_id": input.customer_id,
+        "order_id": input.order_id,
+        "direction": input.direction,
+        "tags": input.tags,
+        "filename": input.filename,
+        "file": {"name": part_name, "type": part_type, "sha256": file},
+    });
+    request_digest("POST /media", &form)
+}
+
 /// Uploads a file: a `pending` media record and the `StoreFile` command carrying the bytes,
-/// written in one transaction; the files connector stores the file and reports back.
-async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, request: Request) -> ApiResult<Response> {
+/// written in one transaction; the files connector stores the file and reports back. With an
+/// `Idempotency-Key`, a retry of an upload already taken gets its record back and stores
+/// nothing again.
+async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, key: Option<String>, request: Request) -> ApiResult<Response> {
     let scope = ctx.principal.require(Media::AREA, Action::Edit)?;
     let limit = state.max_upload_bytes;
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
@@ -255,6 +279,10 @@ async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, request: Re
         errors.push("/file", "is required: the file to upload");
         return Err(ApiError::Invalid(errors));
     };
+    let key = key.map(|key| IdempotencyKey { key, request: upload_digest(&input, part_name.as_deref(), part_type.as_deref(), &bytes) });
+    if let Some(replayed) = replay::<Media>(ctx, key.as_ref()).await? {
+        return Ok(replayed);
+    }
     input.filename = input.filename.or(part_name);
     // The browser's type for the part; one that is not a MIME type is no reason to refuse the file.
     input.mime_type = part_type.filter(|t| comms::mime_type(t).is_ok());
@@ -282,9 +310,7 @@ async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, request: Re
     };
     let media = Media { size: Some(command.content.0.len() as u64), ..media };
     let envelope = Envelope::new(CORE_SOURCE, &command, request_id.trace()).to_structured();
-    let record = ctx.store.create_with_commands(media_id, media, &[envelope]).await?;
-    state.wake_relay();
-    Ok(located(StatusCode::ACCEPTED, record))
+    create_with_commands(state, ctx, key.as_ref(), media_id, media, &[envelope]).await
 }
 
 /// The answer when the files connector cannot be asked or does not answer.

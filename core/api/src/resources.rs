@@ -18,7 +18,7 @@ use crm_domain::customer::{self, Customer, CustomerInput, CustomerStatus};
 use crm_domain::order::{self, Order, OrderInput, OrderStatus, PaymentStatus, ProductRef};
 use crm_domain::product::{self, Product, ProductCategory, ProductInput};
 use crm_domain::{Record, search_terms, strip_read_only};
-use crm_store::{AuditEntry, AuditQuery, CustomerFilter, ListQuery, OrderFilter, Page, ProductFilter, Resource};
+use crm_store::{AuditEntry, AuditQuery, Created, CustomerFilter, IdempotencyKey, ListQuery, OrderFilter, Page, ProductFilter, Resource};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -129,6 +129,42 @@ pub(crate) fn located<R: ApiResource>(status: StatusCode, record: Record<R>) -> 
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
+}
+
+/// The record an earlier request with the same idempotency key created, answered as that
+/// request was (202, its location), marked `Idempotent-Replayed: true`; `None` when the key is
+/// new or there is none. The same key with another request is a 422 at `/Idempotency-Key`.
+pub(crate) async fn replay<R: ApiResource>(ctx: &Ctx, key: Option<&IdempotencyKey>) -> ApiResult<Option<Response>> {
+    let Some(key) = key else { return Ok(None) };
+    Ok(ctx.store.created_with_key::<R>(key).await?.map(replayed))
+}
+
+fn replayed<R: ApiResource>(record: Record<R>) -> Response {
+    let mut response = located(StatusCode::ACCEPTED, record);
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// Creates a record whose creation asks a connector to act, with its commands, in one
+/// transaction, and wakes the relay: 202 and its location. With an idempotency key, only the
+/// first request creates; a retry that raced it gets that record ([`replay`]'s answer).
+pub(crate) async fn create_with_commands<R: ApiResource>(
+    state: &AppState,
+    ctx: &Ctx,
+    key: Option<&IdempotencyKey>,
+    id: Uuid,
+    data: R,
+    commands: &[Value],
+) -> ApiResult<Response> {
+    let record = match key {
+        None => ctx.store.create_with_commands(id, data, commands).await?,
+        Some(key) => match ctx.store.create_once_with_commands(key, id, data, commands).await? {
+            Created::New(record) => record,
+            Created::Earlier(earlier) => return Ok(replayed(earlier)),
+        },
+    };
+    state.wake_relay();
+    Ok(located(StatusCode::ACCEPTED, record))
 }
 
 /// Refuses a record that the principal may reach only when it is assigned to them.

@@ -57,8 +57,10 @@ impl Bus {
 
     /// Publishes to the envelope's exchange with its routing key; returns once the broker has
     /// confirmed it. An event no group binds is dropped (nobody asked for it); a command no group
-    /// binds is [`BusError::Rejected`].
+    /// binds is [`BusError::Rejected`]; a message larger than [`BusConfig::max_message_bytes`]
+    /// is [`BusError::Invalid`] (so are oversized requests, replies and replays).
     pub async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+        self.check_size(envelope)?;
         match self {
             Bus::InProcess(bus) => bus.publish(envelope).await,
             Bus::Amqp(bus) => bus.publish(envelope).await,
@@ -70,10 +72,33 @@ impl Bus {
     /// when each message's fate matters (the outbox relay marks each row by it). Order is kept
     /// among the batch's commands and among its events.
     pub async fn publish_each(&self, envelopes: &[Envelope]) -> Vec<Result<(), BusError>> {
+        let sizes: Vec<Result<(), BusError>> = envelopes.iter().map(|envelope| self.check_size(envelope)).collect();
+        if sizes.iter().all(Result::is_ok) {
+            return self.publish_checked(envelopes).await;
+        }
+        let fitting: Vec<Envelope> = envelopes.iter().zip(&sizes).filter(|(_, size)| size.is_ok()).map(|(e, _)| e.clone()).collect();
+        let mut published = self.publish_checked(&fitting).await.into_iter();
+        sizes
+            .into_iter()
+            .map(|size| size.and_then(|()| published.next().unwrap_or_else(|| Err(BusError::Unavailable("not published".into())))))
+            .collect()
+    }
+
+    async fn publish_checked(&self, envelopes: &[Envelope]) -> Vec<Result<(), BusError>> {
         match self {
             Bus::InProcess(bus) => bus.publish_each(envelopes).await,
             Bus::Amqp(bus) => bus.publish_each(envelopes).await,
         }
+    }
+
+    /// Refuses a message whose data is larger than [`BusConfig::max_message_bytes`]: the broker
+    /// would close the channel on it, and every retry would fail the same way.
+    fn check_size(&self, envelope: &Envelope) -> Result<(), BusError> {
+        let (size, max) = (envelope.data.len(), self.config().max_message_bytes);
+        if size > max {
+            return Err(BusError::Invalid(format!("a message of {size} bytes is larger than the bus takes ({max} bytes)")));
+        }
+        Ok(())
     }
 
     /// [`Bus::publish_each`], reduced to its first error (returned after every confirm has been
@@ -104,6 +129,7 @@ impl Bus {
     /// Publishes a command and waits up to `timeout` for the one reply
     /// ([`Bus::reply`]). A command no group binds is [`BusError::Rejected`] at once.
     pub async fn request(&self, envelope: &Envelope, timeout: Duration) -> Result<Envelope, BusError> {
+        self.check_size(envelope)?;
         match self {
             Bus::InProcess(bus) => bus.request(envelope, timeout).await,
             Bus::Amqp(bus) => bus.request(envelope, timeout).await,
@@ -116,6 +142,7 @@ impl Bus {
         let (Some(reply_to), correlation_id) = (to.reply_to.as_deref(), to.correlation_id.as_deref()) else {
             return Err(BusError::Invalid(format!("delivery {} is not a request", to.envelope.id)));
         };
+        self.check_size(reply)?;
         match self {
             Bus::InProcess(bus) => bus.reply(reply_to, reply),
             Bus::Amqp(bus) => bus.reply(reply_to, correlation_id, reply).await,
@@ -134,6 +161,7 @@ impl Bus {
     /// Puts `envelope` straight into `group`'s queue as a first attempt (the default exchange on
     /// RabbitMQ), confirmed. [`BusError::Invalid`] when the group has no queue.
     pub async fn replay(&self, group: &str, envelope: &Envelope) -> Result<(), BusError> {
+        self.check_size(envelope)?;
         match self {
             Bus::InProcess(bus) => bus.replay(group, envelope).await,
             Bus::Amqp(bus) => bus.replay(group, envelope).await,
@@ -211,5 +239,63 @@ mod tests {
         bus.close().await;
         assert!(bus.is_closed());
         assert!(!bus.is_ready().await);
+    }
+
+    /// Closing the in-process bus ends its subscribers at once, as on RabbitMQ: a delivery still
+    /// buffered was dropped with the bus's memory and could not be settled.
+    #[tokio::test]
+    async fn a_closed_in_process_bus_hands_out_nothing_more() {
+        let bus = Bus::in_process(BusConfig::default());
+        let mut subscriber = bus.subscribe(Subscription::new("closing", crate::Exchange::Events, &["#"]).with_prefetch(10)).await.unwrap();
+        let envelopes: Vec<Envelope> = (0..3)
+            .map(|i| {
+                let mut envelope = Envelope::new(
+                    "/test",
+                    &crate::message::FileContent { path: format!("{i}"), result: crate::message::FileRead::NotFound },
+                    crate::Trace::default(),
+                );
+                envelope.exchange = crate::Exchange::Events;
+                envelope.routing_key = "test.close".into();
+                envelope
+            })
+            .collect();
+        bus.publish_all(&envelopes).await.unwrap();
+        let first = subscriber.next().await.expect("a delivery");
+        bus.close().await;
+        assert!(subscriber.next().await.is_none(), "nothing after close");
+        assert!(first.ack().await.is_err(), "a delivery of a closed bus cannot be settled");
+    }
+
+    /// A message over the limit is refused on its own; the others of its batch go out in order.
+    #[tokio::test]
+    async fn oversized_messages_are_refused_alone() {
+        let bus = Bus::in_process(BusConfig { max_message_bytes: 100, ..BusConfig::default() });
+        let mut subscriber = bus.subscribe(Subscription::new("sizes", crate::Exchange::Events, &["#"])).await.unwrap();
+        let envelope = |size: usize| {
+            let mut envelope = Envelope::new(
+                "/test",
+                &crate::message::FileContent { path: "x".repeat(size), result: crate::message::FileRead::NotFound },
+                crate::Trace::default(),
+            );
+            envelope.exchange = crate::Exchange::Events;
+            envelope.routing_key = "test.size".into();
+            envelope
+        };
+        let (small, large, last) = (envelope(10), envelope(200), envelope(20));
+        assert!(large.data.len() > 100 && small.data.len() <= 100);
+        let outcomes = bus.publish_each(&[small.clone(), large.clone(), last.clone()]).await;
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(
+            matches!(&outcomes[1], Err(BusError::Invalid(why)) if why.contains("larger than the bus takes (100 bytes)")),
+            "{outcomes:?}"
+        );
+        assert!(matches!(bus.publish(&large).await, Err(BusError::Invalid(_))));
+        for expected in [&small, &last] {
+            let delivery = subscriber.next().await.unwrap();
+            assert_eq!(&delivery.envelope.id, &expected.id);
+            delivery.ack().await.unwrap();
+        }
+        assert_eq!(bus.queue_stats().await.unwrap().iter().find(|q| q.group == "sizes").map(|q| q.messages), Some(0));
+        bus.close().await;
     }
 }

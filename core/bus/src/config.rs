@@ -1,5 +1,5 @@
-//! Bus configuration: the name prefix, the retry policy and the publisher-confirm timeout, plus
-//! redaction of AMQP URLs for logs and errors.
+//! Bus configuration: the name prefix, the retry policy, the publisher-confirm timeout and the
+//! largest message, plus redaction of AMQP URLs for logs and errors.
 
 use std::time::Duration;
 
@@ -12,11 +12,24 @@ pub struct BusConfig {
     pub retry: RetryPolicy,
     /// How long a publish waits for the broker's confirm before it is an error.
     pub confirm_timeout: Duration,
+    /// The largest message data the bus publishes, in bytes; a larger message is refused as
+    /// [`crate::BusError::Invalid`] before it reaches the broker, which would close the channel
+    /// on it (so that every retry failed alike). Set it to the broker's `max_message_size`
+    /// (RabbitMQ 3.x: 128 MiB, the default here; RabbitMQ 4.x: 16 MiB) or below.
+    pub max_message_bytes: usize,
 }
+
+/// RabbitMQ 3.x's default `max_message_size`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
 
 impl Default for BusConfig {
     fn default() -> Self {
-        Self { prefix: "crm".into(), retry: RetryPolicy::default(), confirm_timeout: Duration::from_secs(10) }
+        Self {
+            prefix: "crm".into(),
+            retry: RetryPolicy::default(),
+            confirm_timeout: Duration::from_secs(10),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
     }
 }
 

@@ -31,7 +31,7 @@ mod topology;
 
 pub use amqp::AmqpBus;
 pub use bus::Bus;
-pub use config::{BusConfig, RetryPolicy, redact_url};
+pub use config::{BusConfig, DEFAULT_MAX_MESSAGE_BYTES, RetryPolicy, redact_url};
 pub use delivery::{DeadInfo, Delivery};
 pub use envelope::{DecodeError, Envelope, Trace};
 pub use error::BusError;

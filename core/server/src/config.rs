@@ -55,6 +55,10 @@ pub struct Settings {
     /// The in-process bus's journal (used without `amqp_url`): the messages it holds, on disk,
     /// so a restart loses none.
     pub bus_journal: PathBuf,
+    /// The largest message the bus publishes, in bytes: the broker's `max_message_size` or
+    /// below (RabbitMQ 3.x: 128 MiB; RabbitMQ 4.x: 16 MiB). Uploads travel inside messages, so
+    /// `files_max_bytes` must fit in it (as base64).
+    pub bus_max_message_bytes: u64,
     /// Connectors run as tasks inside `crm serve` (on either bus): `files-local`, `email` (which
     /// reads its own settings from `email.toml` / `CRM_CONNECTOR_EMAIL_*`).
     pub embedded_connectors: Vec<String>,
@@ -113,6 +117,7 @@ impl Default for Settings {
             amqp_url: None,
             bus_prefix: "crm".into(),
             bus_journal: PathBuf::from("./data/bus.journal"),
+            bus_max_message_bytes: crm_bus::DEFAULT_MAX_MESSAGE_BYTES as u64,
             embedded_connectors: vec!["files-local".into()],
             files_dir: PathBuf::from("./data/files"),
             files_max_bytes: 25 * 1024 * 1024,
@@ -145,6 +150,7 @@ impl std::fmt::Debug for Settings {
             .field("amqp_url", &self.amqp_url.as_ref().map(|u| crm_bus::redact_url(u.expose_secret())))
             .field("bus_prefix", &self.bus_prefix)
             .field("bus_journal", &self.bus_journal)
+            .field("bus_max_message_bytes", &self.bus_max_message_bytes)
             .field("embedded_connectors", &self.embedded_connectors)
             .field("files_dir", &self.files_dir)
             .field("files_max_bytes", &self.files_max_bytes)
@@ -183,12 +189,29 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The bus configuration these settings give.
+    pub fn bus(&self) -> crm_bus::BusConfig {
+        crm_bus::BusConfig {
+            prefix: self.bus_prefix.clone(),
+            max_message_bytes: usize::try_from(self.bus_max_message_bytes).unwrap_or(usize::MAX),
+            ..crm_bus::BusConfig::default()
+        }
+    }
+
     /// Checks what types alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         crm_domain::contact::Region::parse(&self.default_region).map_err(anyhow::Error::msg).context("default_region")?;
         crm_store::StoreConfig::from_url(self.database_url.expose_secret()).backend().context("database_url")?;
         if self.files_max_bytes == 0 {
             bail!("files_max_bytes must be at least 1");
+        }
+        let upload_message = upload_message_bytes(self.files_max_bytes);
+        if upload_message > self.bus_max_message_bytes {
+            bail!(
+                "files_max_bytes ({}) needs bus messages of up to {upload_message} bytes (files travel as base64), more than bus_max_message_bytes ({}): lower files_max_bytes, or raise the broker's max_message_size and bus_max_message_bytes",
+                self.files_max_bytes,
+                self.bus_max_message_bytes
+            );
         }
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");
@@ -290,6 +313,7 @@ struct SettingsDefaults {
     cors_origins: Vec<String>,
     bus_prefix: String,
     bus_journal: PathBuf,
+    bus_max_message_bytes: u64,
     embedded_connectors: Vec<String>,
     files_dir: PathBuf,
     files_max_bytes: u64,
@@ -318,6 +342,7 @@ impl Default for SettingsDefaults {
             cors_origins: d.cors_origins,
             bus_prefix: d.bus_prefix,
             bus_journal: d.bus_journal,
+            bus_max_message_bytes: d.bus_max_message_bytes,
             embedded_connectors: d.embedded_connectors,
             files_dir: d.files_dir,
             files_max_bytes: d.files_max_bytes,
@@ -328,6 +353,12 @@ impl Default for SettingsDefaults {
             plugins_deny_io_imports: d.plugins_deny_io_imports,
         }
     }
+}
+
+/// The largest bus message a file of `file_bytes` makes: its bytes as base64 in a `StoreFile`
+/// command, plus room for the envelope and the other fields.
+fn upload_message_bytes(file_bytes: u64) -> u64 {
+    file_bytes.div_ceil(3).saturating_mul(4).saturating_add(64 * 1024)
 }
 
 #[cfg(test)]
@@ -378,6 +409,22 @@ mod tests {
             let settings = Settings::load(None).map_err(|e| e.to_string())?;
             assert_eq!(settings.store().url, "sqlite://./data/crm.db");
             assert_eq!(settings.store().backend().unwrap(), crm_store::Backend::Sqlite);
+            assert_eq!(settings.bus().max_message_bytes, crm_bus::DEFAULT_MAX_MESSAGE_BYTES);
+            Ok(())
+        });
+    }
+
+    /// Uploads travel as base64 inside bus messages: a file cap the bus's messages cannot carry
+    /// is refused at start, naming both settings.
+    #[test]
+    fn the_file_cap_must_fit_in_a_bus_message() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CRM_BUS_MAX_MESSAGE_BYTES", (16 * 1024 * 1024).to_string());
+            let err = format!("{:#}", Settings::load(None).unwrap_err());
+            assert!(err.contains("files_max_bytes") && err.contains("bus_max_message_bytes"), "{err}");
+            jail.set_env("CRM_FILES_MAX_BYTES", "12000000");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.bus().max_message_bytes, 16 * 1024 * 1024);
             Ok(())
         });
     }

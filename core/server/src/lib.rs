@@ -8,7 +8,7 @@ pub mod users;
 
 use anyhow::Context;
 use config::Settings;
-use crm_bus::{Bus, BusConfig};
+use crm_bus::Bus;
 use crm_hub::{Hub, HubConfig};
 use crm_store::Store;
 use secrecy::ExposeSecret;
@@ -76,7 +76,7 @@ pub async fn ensure_first_admin(store: &Store, settings: &Settings, state: &crm_
 /// Connects the bus the settings name: RabbitMQ when `amqp_url` is set, else in process with
 /// its journal at `bus_journal`.
 pub async fn connect_bus(settings: &Settings) -> anyhow::Result<Bus> {
-    let config = BusConfig { prefix: settings.bus_prefix.clone(), ..BusConfig::default() };
+    let config = settings.bus();
     match &settings.amqp_url {
         None => Bus::in_process_durable(config, &settings.bus_journal).context("cannot open the in-process bus"),
         Some(url) => {

@@ -150,11 +150,21 @@ impl Journal {
     /// (`<path>.damaged-<time>`), so the rewrite destroys nothing.
     pub(super) fn open(path: &Path, compact_above: u64) -> Result<(Journal, Contents), BusError> {
         let failed = |what: &str, err: io::Error| BusError::Unavailable(format!("bus journal {}: {what}: {err}", path.display()));
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            std::fs::create_dir_all(dir).map_err(|e| failed("cannot create its directory", e))?;
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync_dir(parent).map_err(|e| failed("cannot sync its directory's parent", e))?;
+        // Every directory made is synced into its parent, from the first that exists down, so a
+        // power cut cannot take back the directory of a journal that was already synced.
+        let mut missing = Vec::new();
+        let mut at = path.parent();
+        while let Some(dir) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            missing.push(dir);
+            at = dir.parent();
+        }
+        for dir in missing.into_iter().rev() {
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(failed("cannot create its directory", err)),
             }
+            sync_dir(directory(dir)).map_err(|e| failed("cannot sync its directory's parent", e))?;
         }
         let lock = private_file(&suffixed(path, ".lock"), false).map_err(|e| failed("cannot open its lock file", e))?;
         lock.try_lock().map_err(|_| BusError::Unavailable(format!("bus journal {} is in use by another process", path.display())))?;
@@ -465,12 +475,14 @@ fn read(path: &Path) -> io::Result<Read> {
                 read.bindings.insert(binding.key(), (binding, line.clone()));
             }
             Ok(Line::Put(put)) => {
-                let seq = put.seq;
-                if let Some(old) = put.replaces {
-                    read.messages.remove(&old);
-                }
+                let (seq, replaces) = (put.seq, put.replaces);
                 match put.into_restored() {
                     Some(restored) => {
+                        // The move (a retry, a dead letter) is applied only once its new place
+                        // reads back: a damaged one leaves the message where it was.
+                        if let Some(old) = replaces {
+                            read.messages.remove(&old);
+                        }
                         read.messages.insert(seq, (restored, line.clone()));
                     }
                     None => read.damaged += 1,

@@ -319,12 +319,21 @@ pub(crate) struct Subscriber {
 }
 
 impl Subscriber {
+    /// The next delivery; `None` once the bus is closed, even with deliveries still buffered:
+    /// closing dropped them (a journal delivers them again after the restart), so they could
+    /// not be settled. RabbitMQ's subscribers end the same way.
     pub(crate) async fn next(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
+        let delivery = self.rx.recv().await?;
+        self.open(delivery)
     }
 
     pub(crate) fn try_next(&mut self) -> Option<Delivery> {
-        self.rx.try_recv().ok()
+        let delivery = self.rx.try_recv().ok()?;
+        self.open(delivery)
+    }
+
+    fn open(&self, delivery: Delivery) -> Option<Delivery> {
+        if self.broker.lock().closed { None } else { Some(delivery) }
     }
 
     pub(crate) fn group(&self) -> &str {
@@ -361,7 +370,9 @@ fn settle(delivery: Delivery, then: impl FnOnce(&Arc<Broker>, &mut State, Messag
 }
 
 fn gone() -> BusError {
-    BusError::Unavailable("the subscriber of this delivery is gone; the message was redelivered".into())
+    BusError::Unavailable(
+        "the subscriber of this delivery is gone: the message went back to its queue (or, the bus being closed, is delivered again from its journal after a restart)".into(),
+    )
 }
 
 pub(crate) fn ack(delivery: Delivery) -> Result<(), BusError> {

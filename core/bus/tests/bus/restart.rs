@@ -230,6 +230,43 @@ async fn a_torn_last_line_is_skipped_and_the_journal_rewritten() {
     bus.close().await;
 }
 
+/// A retry or dead letter is one line that puts the message in its new place and replaces the
+/// old one; when that line is damaged, the message stays where it was rather than vanishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_move_leaves_the_message_where_it_was() {
+    let (_dir, path) = journal_path();
+    let sent = event("email.message.received", 1);
+    queue_and_close(&path, std::slice::from_ref(&sent)).await;
+    let journal = std::fs::read_to_string(&path).unwrap();
+    let put = journal.lines().find(|l| l.starts_with(r#"{"put""#)).expect("the message's line");
+    let mut moved: serde_json::Value = serde_json::from_str(put).unwrap();
+    let seq = moved["put"]["seq"].as_u64().unwrap();
+    moved["put"]["seq"] = (seq + 1).into();
+    moved["put"]["replaces"] = seq.into();
+    moved["put"]["data"] = "%%% not base64 %%%".into();
+    append(&path, format!("{moved}\n").as_bytes());
+
+    let bus = open(&path);
+    let mut sub = subscribe(&bus).await;
+    let back = take(&mut sub, 1).await;
+    assert_quiet(&mut sub).await;
+    assert_eq!(back[0].envelope, sent);
+    bus.close().await;
+}
+
+/// A journal in directories that do not exist yet: they are made (and synced), and it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_in_new_directories_is_opened() {
+    let (dir, _) = journal_path();
+    let path = dir.path().join("a/b/c/bus.journal");
+    let sent = event("email.message.received", 2);
+    queue_and_close(&path, std::slice::from_ref(&sent)).await;
+    let bus = open(&path);
+    let mut sub = subscribe(&bus).await;
+    assert_eq!(take(&mut sub, 1).await[0].envelope, sent);
+    bus.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_retry_and_dead_letter_return_once_the_journal_has_them() {
     let (_dir, path) = journal_path();

@@ -94,6 +94,7 @@ pub(crate) fn test_config(prefix: &str) -> BusConfig {
         prefix: prefix.to_owned(),
         retry: RetryPolicy { max_attempts: 3, backoff: vec![Duration::from_millis(50), Duration::from_millis(100)] },
         confirm_timeout: Duration::from_secs(15),
+        ..BusConfig::default()
     }
 }
 
