@@ -29,6 +29,16 @@ mod telemetry;
 mod topic;
 mod topology;
 
+/// Runs its closure when dropped: clean-up that must happen however a future ends, cancelled
+/// (dropped) included.
+pub(crate) struct OnDrop<F: FnMut()>(pub(crate) F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 pub use amqp::AmqpBus;
 pub use bus::Bus;
 pub use config::{BusConfig, DEFAULT_MAX_MESSAGE_BYTES, RetryPolicy, redact_url};

@@ -45,6 +45,12 @@ pub struct HubConfig {
     /// The least confidence that assigns a message to a customer; below it, the message goes
     /// to the unmatched inbox.
     pub min_confidence: u8,
+    /// The channels whose command queues the hub declares at start, so that commands for a
+    /// connector not running yet wait for it. On RabbitMQ every channel (connectors come and
+    /// go as their own processes); on the in-process bus only those of the connectors embedded
+    /// in the server: a command for another channel is then refused (the outbox shows it failing)
+    /// instead of waiting in memory for a connector that cannot come.
+    pub command_channels: Vec<Channel>,
 }
 
 impl Default for HubConfig {
@@ -57,6 +63,7 @@ impl Default for HubConfig {
             relay_batch: 500,
             attachment_cap: 25 * 1024 * 1024,
             min_confidence: 50,
+            command_channels: vec![Channel::Email, Channel::Whatsapp, Channel::Sms, Channel::Files],
         }
     }
 }
@@ -78,7 +85,7 @@ impl Hub {
         config: HubConfig,
         relay_wakeup: Arc<Notify>,
     ) -> Result<Hub, BusError> {
-        for channel in [Channel::Email, Channel::Whatsapp, Channel::Sms, Channel::Files] {
+        for &channel in &config.command_channels {
             let binding = format!("{}.#", channel.as_str());
             bus.declare(&Subscription::new(command_group(channel), Exchange::Commands, &[&binding])).await?;
         }

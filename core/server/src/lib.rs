@@ -8,7 +8,7 @@ pub mod users;
 
 use anyhow::Context;
 use config::Settings;
-use crm_bus::Bus;
+use crm_bus::{Bus, Channel};
 use crm_hub::{Hub, HubConfig};
 use crm_store::Store;
 use secrecy::ExposeSecret;
@@ -128,8 +128,26 @@ fn hub_config(settings: &Settings) -> anyhow::Result<HubConfig> {
         source: format!("/crm/core/{instance}-{}", std::process::id()),
         region: crm_domain::contact::Region::parse(&settings.default_region).map_err(anyhow::Error::msg)?,
         attachment_cap: settings.files_max_bytes,
+        command_channels: command_channels(settings),
         ..HubConfig::default()
     })
+}
+
+/// The channels whose commands wait for their connector: every channel on RabbitMQ; on the
+/// in-process bus, those of the embedded connectors (no other connector can reach it).
+fn command_channels(settings: &Settings) -> Vec<Channel> {
+    if settings.amqp_url.is_some() {
+        return HubConfig::default().command_channels;
+    }
+    settings
+        .embedded_connectors
+        .iter()
+        .filter_map(|name| match name.as_str() {
+            "files-local" => Some(<crm_connector_files_local::FilesLocal as crm_connector::Connector>::CHANNEL),
+            "email" => Some(<crm_connector_email::Email as crm_connector::Connector>::CHANNEL),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Serves the API until SIGINT or SIGTERM, then finishes in-flight requests, lets the
@@ -201,4 +219,21 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the in-process bus only the embedded connectors can take commands: the others' are
+    /// refused rather than kept in memory for ever; on RabbitMQ every channel's wait.
+    #[test]
+    fn commands_wait_only_for_connectors_that_can_come() {
+        let mut settings = Settings { embedded_connectors: vec!["files-local".into()], ..Settings::default() };
+        assert_eq!(command_channels(&settings), [Channel::Files]);
+        settings.embedded_connectors.push("email".into());
+        assert_eq!(command_channels(&settings), [Channel::Files, Channel::Email]);
+        settings.amqp_url = Some("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned().into());
+        assert_eq!(command_channels(&settings), HubConfig::default().command_channels);
+    }
 }

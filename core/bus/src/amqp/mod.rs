@@ -299,7 +299,11 @@ impl AmqpBus {
             mapping::properties(envelope)?.with_reply_to(link::REPLY_TO.into()).with_correlation_id(mapping::short(&correlation_id)?);
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.replies).insert(correlation_id.clone(), tx);
-        let forget = || lock(&self.shared.replies).remove(&correlation_id);
+        // However the request ends (a reply, an error, the timeout, the caller giving up), no
+        // waiter is left.
+        let _forget = crate::OnDrop(|| {
+            lock(&self.shared.replies).remove(&correlation_id);
+        });
         let publish = Publish {
             exchange: self.shared.names.exchange(envelope.exchange),
             routing_key: envelope.routing_key.clone(),
@@ -308,18 +312,12 @@ impl AmqpBus {
             body: envelope.data.clone(),
         };
         tracing::debug!(envelope.id = %envelope.id, envelope.kind = %envelope.kind, request_id = envelope.trace.request_id.as_deref(), "request");
-        if let Err(err) = publish::confirmed_one(&self.shared, &link, publish).await {
-            forget();
-            return Err(err);
-        }
+        publish::confirmed_one(&self.shared, &link, publish).await?;
         telemetry::published(TRANSPORT, envelope.exchange, 1);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(BusError::Closed),
-            Err(_) => {
-                forget();
-                Err(BusError::Timeout(format!("no reply to {} within {timeout:?}", envelope.id)))
-            }
+            Err(_) => Err(BusError::Timeout(format!("no reply to {} within {timeout:?}", envelope.id))),
         }
     }
 

@@ -234,13 +234,14 @@ impl InProcessBus {
                 return Err(err);
             }
         }
+        // However the wait ends (a reply, the timeout, the caller giving up), no waiter is left.
+        let _forget = crate::OnDrop(|| {
+            self.broker.lock().replies.remove(&reply_to);
+        });
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(BusError::Closed),
-            Err(_) => {
-                self.broker.lock().replies.remove(&reply_to);
-                Err(BusError::Timeout(format!("no reply to {} within {timeout:?}", envelope.id)))
-            }
+            Err(_) => Err(BusError::Timeout(format!("no reply to {} within {timeout:?}", envelope.id))),
         }
     }
 
@@ -468,4 +469,23 @@ pub(crate) async fn retry(delivery: Delivery, reason: &str) -> Result<(), BusErr
         });
     })?;
     synced.await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::ReadFile;
+    use crate::{Subscription, Trace};
+
+    /// A requester that gives up (its future dropped) before any reply leaves no waiter behind.
+    #[tokio::test]
+    async fn an_abandoned_request_leaves_no_waiter() {
+        let bus = InProcessBus::new(BusConfig::default());
+        let _queue = bus.subscribe(Subscription::new("files", crate::Exchange::Commands, &["#"])).unwrap();
+        let read = Envelope::new("/test", &ReadFile { path: "x".into() }, Trace::default());
+        let abandoned = tokio::time::timeout(Duration::from_millis(20), bus.request(&read, Duration::from_secs(3600))).await;
+        assert!(abandoned.is_err(), "no reply came");
+        assert!(bus.broker.lock().replies.is_empty(), "the waiter went with the request");
+        bus.close().await;
+    }
 }
