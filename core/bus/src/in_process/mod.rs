@@ -134,8 +134,9 @@ impl InProcessBus {
         let envelope = &message.envelope;
         topic::validate_routing_key(&envelope.routing_key)?;
         let queues = state.route(envelope.exchange, &envelope.routing_key);
-        if queues.is_empty() && envelope.exchange == crate::Exchange::Commands {
-            return Err(BusError::Rejected(format!("no queue is bound for command '{}'", envelope.routing_key)));
+        // As RabbitMQ's `mandatory`: commands and requests must reach a queue.
+        if queues.is_empty() && (envelope.exchange == crate::Exchange::Commands || message.reply_to.is_some()) {
+            return Err(BusError::Rejected(format!("no queue is bound for '{}'", envelope.routing_key)));
         }
         telemetry::published(TRANSPORT, envelope.exchange, 1);
         let weak = self.weak();
@@ -476,6 +477,19 @@ mod tests {
     use super::*;
     use crate::message::ReadFile;
     use crate::{Subscription, Trace};
+
+    /// A request nobody binds is refused at once, on either exchange (RabbitMQ publishes every
+    /// request `mandatory`), rather than waiting for its timeout.
+    #[tokio::test]
+    async fn an_unbound_request_is_refused() {
+        let bus = InProcessBus::new(BusConfig::default());
+        let mut read = Envelope::new("/test", &ReadFile { path: "x".into() }, Trace::default());
+        read.exchange = crate::Exchange::Events;
+        let refused = bus.request(&read, Duration::from_secs(3600)).await;
+        assert!(matches!(refused, Err(BusError::Rejected(_))), "{refused:?}");
+        assert!(bus.broker.lock().replies.is_empty());
+        bus.close().await;
+    }
 
     /// A requester that gives up (its future dropped) before any reply leaves no waiter behind.
     #[tokio::test]
