@@ -192,15 +192,24 @@ pub enum Entry {
 }
 
 /// The data directory, canonical.
+/// Folders the connector makes are its user's alone (0700): customers' files are not for the
+/// machine's other users.
+fn private_dir_builder() -> fs::DirBuilder {
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+}
+
 #[derive(Debug, Clone)]
 pub struct Root {
     path: PathBuf,
 }
 
 impl Root {
-    /// Opens `dir`, creating it when missing.
+    /// Opens `dir`, creating it when missing (readable by this user only).
     pub fn open(dir: &Path) -> io::Result<Root> {
-        fs::create_dir_all(dir)?;
+        private_dir_builder().recursive(true).create(dir)?;
         let path = fs::canonicalize(dir)?;
         if !path.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotADirectory, format!("{} is not a directory", path.display())));
@@ -232,7 +241,7 @@ impl Root {
             let metadata = match fs::symlink_metadata(&next) {
                 Ok(metadata) => metadata,
                 Err(err) if err.kind() == io::ErrorKind::NotFound && create => {
-                    match fs::create_dir(&next) {
+                    match private_dir_builder().create(&next) {
                         Ok(()) => sync_folder(&current)?,
                         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(err) => return Err(err.into()),

@@ -204,8 +204,13 @@ fn rename_no_replace(_from: &Path, _to: &Path) -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no rename without replacing on this platform"))
 }
 
+/// Writes a new file, readable and writable by this user only (0600), and syncs it.
 fn write_temp(temp: &Path, content: &[u8]) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).open(temp)?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(temp)?;
     file.write_all(content)?;
     file.sync_all()
 }
@@ -312,6 +317,24 @@ mod tests {
         assert!(store(&root, &path("a/b/c.txt"), b"bye!", false).is_err());
         let leftovers: Vec<_> = fs::read_dir(root.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers, ["c.txt"], "no temporary files left behind");
+    }
+
+    /// Customers' files and their folders are this user's alone.
+    #[cfg(unix)]
+    #[test]
+    fn files_and_folders_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (_dir, root) = setup();
+        store(&root, &path("customers/c1/media/a.jpg"), b"jpeg", false).unwrap();
+        let mode = |p: &str| fs::metadata(root.path().join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("customers/c1/media/a.jpg"), 0o600);
+        for folder in ["customers", "customers/c1", "customers/c1/media"] {
+            assert_eq!(mode(folder), 0o700, "{folder}");
+        }
+        let fresh = tempfile::tempdir().unwrap();
+        let data = fresh.path().join("data/files");
+        Root::open(&data).unwrap();
+        assert_eq!(fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]
