@@ -134,15 +134,15 @@ fn hub_config(settings: &Settings) -> anyhow::Result<HubConfig> {
 }
 
 /// The channels whose commands wait for their connector: every channel on RabbitMQ; on the
-/// in-process bus, those of the embedded connectors (no other connector can reach it).
+/// in-process bus, those of the connectors that can run inside the server (enabled now or after
+/// a restart with other settings): no other connector can reach that bus.
 fn command_channels(settings: &Settings) -> Vec<Channel> {
     if settings.amqp_url.is_some() {
         return HubConfig::default().command_channels;
     }
-    settings
-        .embedded_connectors
+    config::EMBEDDABLE_CONNECTORS
         .iter()
-        .filter_map(|name| match name.as_str() {
+        .filter_map(|name| match *name {
             "files-local" => Some(<crm_connector_files_local::FilesLocal as crm_connector::Connector>::CHANNEL),
             "email" => Some(<crm_connector_email::Email as crm_connector::Connector>::CHANNEL),
             _ => None,
@@ -225,13 +225,13 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
 
-    /// On the in-process bus only the embedded connectors can take commands: the others' are
-    /// refused rather than kept in memory for ever; on RabbitMQ every channel's wait.
+    /// On the in-process bus only the connectors that can run inside the server can take
+    /// commands: the others' are refused rather than kept in memory for ever; a command for one
+    /// that is not enabled now waits for a restart that enables it. On RabbitMQ every channel's
+    /// commands wait.
     #[test]
     fn commands_wait_only_for_connectors_that_can_come() {
-        let mut settings = Settings { embedded_connectors: vec!["files-local".into()], ..Settings::default() };
-        assert_eq!(command_channels(&settings), [Channel::Files]);
-        settings.embedded_connectors.push("email".into());
+        let mut settings = Settings { embedded_connectors: vec![], ..Settings::default() };
         assert_eq!(command_channels(&settings), [Channel::Files, Channel::Email]);
         settings.amqp_url = Some("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned().into());
         assert_eq!(command_channels(&settings), HubConfig::default().command_channels);
