@@ -352,6 +352,7 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
     let found = upload_file("καμπάνα 1.png").await;
     let missing = upload_file("lost.png").await;
     let failed = upload_file("failed.png").await;
+    let changed = upload_file("changed.png").await;
     outbox(app).await;
     let hash: String = {
         use sha2::Digest as _;
@@ -363,6 +364,11 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
         let stored = FileStored::Stored { path: at, size: 1000, sha256: hash.clone() };
         store.record_file_result(id(media).parse().expect("uuid"), stored).await.expect("record file result");
     }
+    // Recorded with other bytes than the store now holds at its path.
+    let other_hash = hash.replace('0', "1").replace('a', "b");
+    assert_ne!(other_hash, hash);
+    let stored = FileStored::Stored { path: path.clone(), size: 1000, sha256: other_hash };
+    store.record_file_result(id(&changed).parse().expect("uuid"), stored).await.expect("record file result");
     let failure = FileStored::Failed { reason: "disk full".into() };
     store.record_file_result(id(&failed).parse().expect("uuid"), failure).await.expect("record file result");
 
@@ -396,6 +402,10 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
         .await
         .expect("request");
     assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+
+    // The store's bytes are not the ones recorded: not served as the record's.
+    let problem = expect_problem(get(app, &format!("/api/v1/media/{}/content", id(&changed))).await, StatusCode::CONFLICT).await;
+    assert_eq!(pointers(&problem), ["/sha256"], "{problem:#}");
 
     // The file store does not have it.
     expect_problem(get(app, &format!("/api/v1/media/{}/content", id(&missing))).await, StatusCode::NOT_FOUND).await;

@@ -393,6 +393,15 @@ async fn content(State(state): State<AppState>, ctx: Ctx, Id(id): Id, request_id
         }
     };
     let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    // The bytes must be those stored: a file changed (or swapped) in the store since is not
+    // served as this record's.
+    if media.sha256.as_ref().is_some_and(|recorded| *recorded != hash) {
+        tracing::error!(media_id = %id, path = %path, "the file store returned other bytes than the ones stored for this record");
+        return Err(ApiError::Conflict {
+            pointer: Some("/sha256".into()),
+            detail: "the file in the file store is not the one stored (its SHA-256 differs): it was changed outside crm-hub".into(),
+        });
+    }
     let length = bytes.len();
     let mut response = Response::new(Body::from(bytes));
     let headers = response.headers_mut();
