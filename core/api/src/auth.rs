@@ -31,7 +31,6 @@ use crm_store::{Actor, ActorKind, RefreshOutcome, Store};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -230,7 +229,7 @@ pub fn generate_password() -> String {
 /// SHA-256 of a high-entropy token, hex. (Tokens and keys are random, so a fast hash is right;
 /// passwords, which are not, use Argon2id.)
 pub(crate) fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::extract::sha256_hex(token.as_bytes())
 }
 
 /// Who is making a request.

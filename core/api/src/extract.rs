@@ -186,7 +186,12 @@ pub(crate) fn request_digest(route: &str, body: &Value) -> String {
     }
     let mut text = format!("{route}\n");
     canonical(body, &mut text);
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(text.as_bytes())
+}
+
+/// SHA-256 of `bytes`, in lower-case hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The ETag for a record version.

@@ -6,7 +6,7 @@
 
 use crate::auth::{Ctx, Requirement, RouteRule};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, IdempotencyKeyHeader, JsonBody, is_json, media_type, request_digest};
+use crate::extract::{Id, IdempotencyKeyHeader, JsonBody, is_json, media_type, request_digest, sha256_hex};
 use crate::resources::{
     ApiResource, create_with_commands, created, customer_is_mine, linkable_customer, list, parse_body, readable, replay,
 };
@@ -29,7 +29,6 @@ use crm_store::{IdempotencyKey, MediaFilter};
 use http_body_util::Limited;
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// Room for the form fields beside the file, and the multipart framing.
@@ -247,7 +246,7 @@ async fn read_form(mut multipart: Multipart, limit: usize, errors: &mut Violatio
 
 /// What an upload's idempotency key stands for: its fields and the file's name, type and digest.
 fn upload_digest(input: &MediaInput, part_name: Option<&str>, part_type: Option<&str>, bytes: &[u8]) -> String {
-    let file: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let file = sha256_hex(bytes);
     let form = serde_json::json!({
         "customer_id": input.customer_id,
         "order_id": input.order_id,
@@ -392,7 +391,7 @@ async fn content(State(state): State<AppState>, ctx: Ctx, Id(id): Id, request_id
             });
         }
     };
-    let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let hash = sha256_hex(&bytes);
     // The bytes must be those stored: a file changed (or swapped) in the store since is not
     // served as this record's.
     if media.sha256.as_ref().is_some_and(|recorded| *recorded != hash) {
