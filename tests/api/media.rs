@@ -313,16 +313,19 @@ async fn oversized_uploads_are_refused_and_write_nothing(app: &TestApp) {
     expect_problem(post(app, "/api/v1/media", &huge).await, StatusCode::PAYLOAD_TOO_LARGE).await;
 }
 
-/// Answers `ReadFile` requests on the test's bus: the file at `path` has `bytes`; any other
+/// Answers `ReadFile` requests on the test's bus: the files are `files` (path, bytes); any other
 /// path is missing.
-async fn files_connector(app: &TestApp, path: String, bytes: Vec<u8>) -> tokio::task::JoinHandle<()> {
+async fn files_connector(app: &TestApp, files: Vec<(String, Vec<u8>)>) -> tokio::task::JoinHandle<()> {
     let subscription = Subscription::new("connector.files.commands", Exchange::Commands, &["files.file.read"]);
     let mut subscriber = app.bus.subscribe(subscription).await.expect("subscribe");
     let bus = app.bus.clone();
     tokio::spawn(async move {
         while let Some(delivery) = subscriber.next().await {
             let request: ReadFile = delivery.envelope.decode().expect("a ReadFile");
-            let result = if request.path == path { FileRead::Found { content: Bytes(bytes.clone()) } } else { FileRead::NotFound };
+            let result = match files.iter().find(|(path, _)| *path == request.path) {
+                Some((_, bytes)) => FileRead::Found { content: Bytes(bytes.clone()) },
+                None => FileRead::NotFound,
+            };
             let reply = Envelope::new(
                 "/connectors/files-local/test",
                 &FileContent { path: request.path, result },
@@ -358,18 +361,22 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
         use sha2::Digest as _;
         sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
     };
-    let path = "customers/x/media/stored.png".to_owned();
+    // A pending upload shows where its file goes and the hash of the bytes sent.
+    let path_of = |media: &Value| media["nextcloud_path"].as_str().expect("a path").to_owned();
+    for media in [&found, &missing, &failed, &changed] {
+        assert_eq!(
+            (media["status"].as_str(), media["sha256"].as_str(), media["size"].as_u64()),
+            (Some("pending"), Some(hash.as_str()), Some(1000))
+        );
+        let folder = format!("customers/{}/media/{}-", id(&customer), id(media));
+        assert!(path_of(media).starts_with(&folder), "{media:#}");
+    }
     let store = &app.db.store;
-    for (media, at) in [(&found, path.clone()), (&missing, "customers/x/media/lost.png".to_owned())] {
-        let stored = FileStored::Stored { path: at, size: 1000, sha256: hash.clone() };
+    for media in [&found, &missing, &changed] {
+        let stored = FileStored::Stored { path: path_of(media), size: 1000, sha256: hash.clone() };
         store.record_file_result(id(media).parse().expect("uuid"), stored).await.expect("record file result");
     }
-    // Recorded with other bytes than the store now holds at its path.
-    let other_hash = hash.replace('0', "1").replace('a', "b");
-    assert_ne!(other_hash, hash);
-    let stored = FileStored::Stored { path: path.clone(), size: 1000, sha256: other_hash };
-    store.record_file_result(id(&changed).parse().expect("uuid"), stored).await.expect("record file result");
-    let failure = FileStored::Failed { reason: "disk full".into() };
+    let failure = FileStored::Failed { reason: "disk full".into(), path: Some(path_of(&failed)) };
     store.record_file_result(id(&failed).parse().expect("uuid"), failure).await.expect("record file result");
 
     // Storing failed: the reason.
@@ -382,7 +389,9 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
     expect_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
 
     // The connector answers: the bytes, typed and named, with their hash as ETag.
-    let connector = files_connector(app, path, bytes.clone()).await;
+    // `changed`'s file has other bytes now than when it was stored.
+    let other_bytes: Vec<u8> = bytes.iter().rev().copied().collect();
+    let connector = files_connector(app, vec![(path_of(&found), bytes.clone()), (path_of(&changed), other_bytes)]).await;
     let response = get(app, &format!("/api/v1/media/{}/content", id(&found))).await;
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();

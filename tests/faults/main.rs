@@ -119,9 +119,10 @@ async fn stream_survives(fault: Fault) {
                 let media_id = Uuid::now_v7();
                 let customer = customers[i % CUSTOMERS];
                 let path = format!("customers/{customer}/media/{media_id}-{i}.bin");
-                let media = crm_tests::pending_media(Some(customer), &format!("{i}.bin"), "application/octet-stream");
-                let command =
-                    StoreFile { media_id, path, mime_type: media.mime_type.clone(), overwrite: false, content: Bytes(content_of(i)) };
+                let content = content_of(i);
+                let media =
+                    crm_tests::pending_media(Some(customer), &format!("{i}.bin"), "application/octet-stream").awaiting(&path, &content);
+                let command = StoreFile { media_id, path, mime_type: media.mime_type.clone(), overwrite: false, content: Bytes(content) };
                 let envelope = Envelope::new("/crm/core", &command, Trace::new(format!("upload-{i}")));
                 let mut delay = Duration::from_millis(50);
                 while let Err(err) = store.create_with_commands(media_id, media.clone(), &[envelope.to_structured()]).await {

@@ -370,21 +370,40 @@ async fn a_delivery_report_before_sent_is_applied_when_sent_arrives(h: &Harness)
 async fn file_results_update_the_media_record(h: &Harness) {
     let customer = h.customer("Ναός Αγίου Ανδρέα", "andreas@example.gr").await;
     let media_id = Uuid::now_v7();
-    let media = crm_tests::pending_media(Some(customer.id), "σχέδιο.pdf", "application/pdf");
+    let path = format!("customers/{}/media/{media_id}-σχέδιο.pdf", customer.id);
+    let content = b"%PDF-1.7 ...".as_slice();
+    let media = crm_tests::pending_media(Some(customer.id), "σχέδιο.pdf", "application/pdf").awaiting(&path, content);
     h.store().create_with_commands(media_id, media, &[]).await.unwrap();
-    let result = crm_bus::message::FileResult {
+    let media_of = || async { h.store().get::<crm_domain::comms::Media>(media_id, false).await.unwrap() };
+    let result = |path: &str, content: &[u8]| crm_bus::message::FileResult {
         media_id: Some(media_id),
-        path: "customers/x/σχέδιο.pdf".into(),
-        outcome: crm_bus::message::FileOutcome::Stored { size: 42, sha256: "ab".repeat(32) },
+        path: path.into(),
+        outcome: crm_bus::message::FileOutcome::Stored { size: content.len() as u64, sha256: crm_domain::sha256_hex(content) },
     };
-    h.bus().publish(&connector_envelope(&result)).await.unwrap();
-    wait_until("the media record to be stored", WAIT, || async {
-        h.store().get::<crm_domain::comms::Media>(media_id, false).await.unwrap().data.status == crm_domain::comms::MediaStatus::Stored
+
+    // A report of another file (forged, or a dead letter replayed with changed data) is
+    // refused: dead-lettered with the reason, and the record still waits for its own file.
+    let customers_file = format!("customers/{}/media/0-contract.pdf", Uuid::now_v7());
+    let forged = [connector_envelope(&result(&customers_file, content)), connector_envelope(&result(&path, b"other bytes"))];
+    h.bus().publish_all(&forged).await.unwrap();
+    wait_until("both reports dead-lettered", WAIT, || async {
+        let letters = h.store().dead_letters(None, None, None, None).await.unwrap().items;
+        forged.iter().all(|f| letters.iter().any(|l| l.envelope_id == f.id))
     })
     .await;
-    let stored = h.store().get::<crm_domain::comms::Media>(media_id, false).await.unwrap();
-    assert_eq!(stored.data.nextcloud_path.as_deref(), Some("customers/x/σχέδιο.pdf"));
-    assert_eq!(stored.data.size, Some(42));
+    for letter in h.store().dead_letters(None, None, None, None).await.unwrap().items {
+        assert!(letter.reason.contains("the media record"), "{}", letter.reason);
+    }
+    let waiting = media_of().await;
+    assert_eq!((waiting.version, waiting.data.status), (1, crm_domain::comms::MediaStatus::Pending));
+
+    // The report of its own file is taken.
+    h.bus().publish(&connector_envelope(&result(&path, content))).await.unwrap();
+    wait_until("the media record to be stored", WAIT, || async { media_of().await.data.status == crm_domain::comms::MediaStatus::Stored })
+        .await;
+    let stored = media_of().await;
+    assert_eq!(stored.data.nextcloud_path.as_deref(), Some(path.as_str()));
+    assert_eq!(stored.data.size, Some(content.len() as u64));
 }
 
 /// A message with U+0000 in its texts (PostgreSQL refuses it in text and jsonb, SQLite keeps it)
@@ -453,14 +472,15 @@ async fn a_message_with_70000_references_is_logged(h: &Harness) {
 async fn a_dead_lettered_store_command_fails_its_media(h: &Harness) {
     let customer = h.customer("Ναός Αγίου Νικολάου", "nikolaos@example.gr").await;
     let media_id = Uuid::now_v7();
-    let media = crm_tests::pending_media(Some(customer.id), "σχέδιο.pdf", "application/pdf");
+    let path = format!("customers/{}/media/{media_id}-σχέδιο.pdf", customer.id);
+    let media = crm_tests::pending_media(Some(customer.id), "σχέδιο.pdf", "application/pdf").awaiting(&path, b"%PDF");
     h.store().create_with_commands(media_id, media, &[]).await.unwrap();
     // A stand-in files connector that gives up on every command.
     let group = crm_bus::message::command_group(Channel::Files);
     let mut commands = h.bus().subscribe(Subscription::new(group.as_str(), Exchange::Commands, &["files.#"])).await.expect("subscribed");
     let command = crm_bus::message::StoreFile {
         media_id,
-        path: format!("customers/{}/media/{media_id}-σχέδιο.pdf", customer.id),
+        path,
         mime_type: "application/pdf".into(),
         overwrite: false,
         content: crm_bus::message::Bytes(b"%PDF".to_vec()),
@@ -481,7 +501,7 @@ async fn a_dead_lettered_store_command_fails_its_media(h: &Harness) {
     let result = crm_bus::message::FileResult {
         media_id: Some(media_id),
         path: command.path.clone(),
-        outcome: crm_bus::message::FileOutcome::Stored { size: 4, sha256: "ab".repeat(32) },
+        outcome: crm_bus::message::FileOutcome::Stored { size: 4, sha256: crm_domain::sha256_hex(b"%PDF") },
     };
     h.bus().publish(&connector_envelope(&result)).await.unwrap();
     wait_until("the media record to be stored", WAIT, || async { media_of().await.status == crm_domain::comms::MediaStatus::Stored }).await;
@@ -593,6 +613,80 @@ async fn in_process_an_event_published_before_the_core_ever_ran_is_logged_once_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_an_event_published_before_the_core_ever_ran_is_logged_once_it_starts() {
     an_event_published_before_the_core_ever_ran_is_logged_once_it_starts(Transport::RabbitMq).await;
+}
+
+/// The built-in matcher, except that it panics on one sender: a bug an event triggers.
+#[derive(Debug)]
+struct PanicsOn(&'static str);
+
+impl crm_domain::matching::Matcher for PanicsOn {
+    fn name(&self) -> String {
+        "built-in".into()
+    }
+
+    fn keys(&self, sender: &crm_domain::matching::Sender) -> Result<Vec<crm_domain::matching::LookupKey>, String> {
+        assert!(!sender.address.eq_ignore_ascii_case(self.0), "the matcher trips over {}", self.0);
+        NativeMatcher::new(Region::GR).keys(sender)
+    }
+
+    fn choose(
+        &self,
+        sender: &crm_domain::matching::Sender,
+        keys: &[crm_domain::matching::LookupKey],
+        candidates: &[crm_domain::matching::Candidate],
+    ) -> Result<Option<crm_domain::matching::Choice>, String> {
+        NativeMatcher::new(Region::GR).choose(sender, keys, candidates)
+    }
+}
+
+/// An event that makes ingest panic costs only itself: the events batched with it are logged,
+/// it is retried and then dead-lettered with the panic as its reason, and the one ingest worker
+/// goes on logging what comes after.
+async fn an_event_that_makes_ingest_panic_costs_only_itself(transport: Transport) {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else { return };
+    let Some(bus) = TestBus::new(transport).await else { return };
+    let customer = customer_with_email(&db.store, "Ιερός Ναός Αγίας Τριάδας", "trias@example.gr").await;
+    let config = HubConfig { workers: 1, ..HubConfig::default() };
+    let hub = Hub::start(db.store.clone(), bus.bus.clone(), Arc::new(PanicsOn("poison@example.gr")), config, Arc::new(Notify::new()))
+        .await
+        .expect("hub starts");
+    let normal = |i: usize| connector_envelope(&email("trias@example.gr", None, &format!("<before-{i}@example.gr>")));
+    let poison = connector_envelope(&email("poison@example.gr", None, "<poison@example.gr>"));
+    let mut batch: Vec<Envelope> = (0..3).map(normal).collect();
+    batch.insert(1, poison.clone());
+    bus.bus.publish_all(&batch).await.expect("published");
+
+    let letters = || async { db.store.dead_letters(None, None, None, None).await.unwrap().items };
+    wait_until("the poison event dead-lettered", WAIT, || async { !letters().await.is_empty() }).await;
+    let letters = letters().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].envelope_id, poison.id);
+    assert!(letters[0].reason.contains("ingest panicked: the matcher trips over poison@example.gr"), "{}", letters[0].reason);
+    let query = ListQuery { filter: CommsFilter::default(), limit: Some(100), ..Default::default() };
+    let logged = || async {
+        db.store.list::<CommsEntry>(&query).await.unwrap().items.into_iter().filter_map(|e| e.data.ext_message_id).collect::<Vec<_>>()
+    };
+    wait_until("the rest of the batch logged", WAIT, || async { logged().await.len() == 3 }).await;
+    assert!(!logged().await.contains(&"<poison@example.gr>".to_owned()));
+
+    let after: Vec<Envelope> =
+        (0..5).map(|i| connector_envelope(&email("trias@example.gr", None, &format!("<after-{i}@example.gr>")))).collect();
+    bus.bus.publish_all(&after).await.expect("published");
+    wait_until("the events after it logged", WAIT, || async { logged().await.len() == 8 }).await;
+    let entries = db.store.list::<CommsEntry>(&query).await.unwrap().items;
+    assert!(entries.iter().all(|e| e.data.customer_id == Some(customer.id)), "{entries:?}");
+    hub.shutdown().await;
+    bus.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_an_event_that_makes_ingest_panic_costs_only_itself() {
+    an_event_that_makes_ingest_panic_costs_only_itself(Transport::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_an_event_that_makes_ingest_panic_costs_only_itself() {
+    an_event_that_makes_ingest_panic_costs_only_itself(Transport::RabbitMq).await;
 }
 
 /// With the default matcher plugin active, the plugin decides and the entry says so.

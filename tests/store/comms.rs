@@ -5,13 +5,13 @@
 
 use crate::common::{all_pages, assert_conflict, assert_invalid, assert_not_found, create_customer, create_order, create_product, set};
 use chrono::{DateTime, Duration, Utc};
-use crm_domain::Record;
 use crm_domain::comms::{
     AddressKind, Attachment, ChannelAddress, CommsEntry, CommsInput, CommsType, DeliveryStatus, Direction, MatchInfo, Media,
     MediaDirection, MediaStatus, Triage,
 };
 use crm_domain::contact::ContactType;
 use crm_domain::customer::Customer;
+use crm_domain::{Record, sha256_hex};
 use crm_store::{
     Actor, ActorKind, AuditQuery, CommsFilter, Created, CustomerFilter, DeliveryRecorded, FileStored, HELD_REPORTS_KEPT, IdempotencyKey,
     InboundEntry, ListQuery, Logged, MediaFilter, SortDirection, Store, StoreError, ext_key,
@@ -130,8 +130,15 @@ fn replying(mut item: InboundEntry, to: &[&str]) -> InboundEntry {
 
 /// `item` with one more file: an attachment naming a new media record, the record, and the
 /// command that asks the file store to keep it.
+/// The bytes of every file [`with_file`] adds.
+const FILE: &[u8] = b"abc";
+
+/// `item` with a file attached: its media record waits for `FILE` at
+/// `customers/x/{n}-{filename}` (`inbox/x/…` for an unmatched entry), `n` counting from 1.
 fn with_file(mut item: InboundEntry, filename: &str) -> InboundEntry {
     let media_id = Uuid::now_v7();
+    let folder = if item.entry.customer_id.is_some() { "customers/x" } else { "inbox/x" };
+    let path = format!("{folder}/{}-{filename}", item.media.len() + 1);
     item.entry.attachments.push(Attachment {
         filename: filename.into(),
         mime_type: "image/jpeg".into(),
@@ -143,9 +150,7 @@ fn with_file(mut item: InboundEntry, filename: &str) -> InboundEntry {
     let mut file = media(item.entry.customer_id, filename);
     file.comms_id = Some(item.id);
     file.direction = MediaDirection::Received;
-    file.status = MediaStatus::Pending;
-    file.size = Some(3);
-    item.media.push((media_id, file));
+    item.media.push((media_id, file.awaiting(&path, FILE)));
     item.commands.push(command(&format!("store {media_id}")));
     item
 }
@@ -1123,12 +1128,18 @@ async fn file_results_update_media_and_attachment(db: &TestDb) {
     store.log_inbound(vec![item.clone()]).await.unwrap();
     let (a, b) = (item.media[0].0, item.media[1].0);
 
-    let stored = FileStored::Stored { path: "customers/x/1-a.jpg".into(), size: 1234, sha256: "ab".repeat(32) };
+    let pending = store.get::<Media>(a, false).await.unwrap();
+    assert_eq!(
+        (pending.data.status, pending.data.nextcloud_path.as_deref(), pending.data.size, pending.data.sha256.clone()),
+        (MediaStatus::Pending, Some("customers/x/1-a.jpg"), Some(3), Some(sha256_hex(FILE))),
+        "a pending record keeps where its file goes and what it is"
+    );
+    let stored = FileStored::Stored { path: "customers/x/1-a.jpg".into(), size: 3, sha256: sha256_hex(FILE) };
     let media_a = store.record_file_result(a, stored.clone()).await.unwrap().unwrap();
     assert_eq!(media_a.version, 2);
     assert_eq!(
         (media_a.data.status, media_a.data.nextcloud_path.as_deref(), media_a.data.size, media_a.data.sha256.clone()),
-        (MediaStatus::Stored, Some("customers/x/1-a.jpg"), Some(1234), Some("ab".repeat(32)))
+        (MediaStatus::Stored, Some("customers/x/1-a.jpg"), Some(3), Some(sha256_hex(FILE)))
     );
     assert_eq!(store.get::<Media>(a, false).await.unwrap(), media_a);
     let logged = entry_of(store, item.id).await;
@@ -1140,19 +1151,35 @@ async fn file_results_update_media_and_attachment(db: &TestDb) {
     // The same report again (a redelivery) writes nothing; a late failure of a stored file
     // neither.
     assert_eq!(store.record_file_result(a, stored.clone()).await.unwrap().unwrap().version, 2);
-    let late = store.record_file_result(a, FileStored::Failed { reason: "timeout".into() }).await.unwrap().unwrap();
+    let late = store.record_file_result(a, FileStored::Failed { reason: "timeout".into(), path: None }).await.unwrap().unwrap();
     assert_eq!((late.version, late.data.status), (2, MediaStatus::Stored));
     assert_eq!(entry_of(store, item.id).await.version, 2);
 
+    // A report of another file (a forged event, a dead letter replayed with changed data) is a
+    // conflict and changes nothing, before or after the file is stored.
+    let elsewhere = FileStored::Stored { path: "customers/other/1-secret.pdf".into(), size: 3, sha256: sha256_hex(FILE) };
+    let other_bytes = FileStored::Stored { path: "customers/x/2-b.jpg".into(), size: 5, sha256: sha256_hex(b"other") };
+    let failed_elsewhere = FileStored::Failed { reason: "quota".into(), path: Some("customers/other/1-secret.pdf".into()) };
+    for (id, report) in [(a, &elsewhere), (b, &elsewhere), (b, &other_bytes), (b, &failed_elsewhere)] {
+        let before = store.get::<Media>(id, false).await.unwrap();
+        assert_conflict(store.record_file_result(id, report.clone()).await, Some("/path"));
+        assert_eq!(store.get::<Media>(id, false).await.unwrap(), before, "{report:?}");
+    }
+    assert_eq!(entry_of(store, item.id).await.version, 2);
+
     // A failure is recorded on both.
-    let failed = store.record_file_result(b, FileStored::Failed { reason: "quota".into() }).await.unwrap().unwrap();
+    let failed = store
+        .record_file_result(b, FileStored::Failed { reason: "quota".into(), path: Some("customers/x/2-b.jpg".into()) })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((failed.data.status, failed.data.status_reason.as_deref()), (MediaStatus::Failed, Some("quota")));
     let logged = entry_of(store, item.id).await;
     assert_eq!(logged.data.attachments[1].refused.as_deref(), Some("quota"));
     assert_eq!(logged.data.attachments[0].nextcloud_path.as_deref(), Some("customers/x/1-a.jpg"));
     // A retry that stores it clears the failure.
     let retried = store
-        .record_file_result(b, FileStored::Stored { path: "customers/x/2-b.jpg".into(), size: 9, sha256: "cd".repeat(32) })
+        .record_file_result(b, FileStored::Stored { path: "customers/x/2-b.jpg".into(), size: 3, sha256: sha256_hex(FILE) })
         .await
         .unwrap()
         .unwrap();
@@ -1163,7 +1190,15 @@ async fn file_results_update_media_and_attachment(db: &TestDb) {
         (Some("customers/x/2-b.jpg"), None)
     );
 
-    // Media without an entry.
+    // A record of a file stored elsewhere asked the file store for nothing.
+    let external = store.create(media(Some(customer.id), "elsewhere.jpg")).await.unwrap();
+    for report in [stored.clone(), FileStored::Failed { reason: "quota".into(), path: None }] {
+        assert_conflict(store.record_file_result(external.id, report).await, Some("/path"));
+    }
+    assert_eq!(store.get::<Media>(external.id, false).await.unwrap(), external);
+
+    // Media without an entry, pending without a path (as written before records kept theirs):
+    // any report is taken.
     let lone =
         store.create(Media { status: MediaStatus::Pending, nextcloud_path: None, ..media(Some(customer.id), "lone.jpg") }).await.unwrap();
     let done = store.record_file_result(lone.id, stored.clone()).await.unwrap().unwrap();
@@ -1174,7 +1209,7 @@ async fn file_results_update_media_and_attachment(db: &TestDb) {
     let gone =
         store.create(Media { status: MediaStatus::Pending, nextcloud_path: None, ..media(Some(customer.id), "gone.jpg") }).await.unwrap();
     assert_conflict(store.delete::<Media>(gone.id, None).await, Some("/status"));
-    store.record_file_result(gone.id, FileStored::Failed { reason: "disk full".into() }).await.unwrap().unwrap();
+    store.record_file_result(gone.id, FileStored::Failed { reason: "disk full".into(), path: None }).await.unwrap().unwrap();
     let deleted = store.delete::<Media>(gone.id, None).await.unwrap();
     assert!(store.record_file_result(gone.id, stored).await.unwrap().is_none(), "a report for deleted media is ignored");
     assert_eq!(store.get::<Media>(gone.id, true).await.unwrap(), deleted);
@@ -1305,9 +1340,9 @@ async fn assigning_gives_the_files_to_the_customer(db: &TestDb) {
     let other = with_file(from(inbound("<m3@x>", "ev-m3", None), "someone@else.gr"), "d.jpg");
     store.log_inbound(vec![first.clone(), sibling.clone(), other.clone()]).await.unwrap();
     // One file is stored already, one was deleted: both go with the entry.
-    let stored = FileStored::Stored { path: "inbox/x/1-a.jpg".into(), size: 3, sha256: "ab".repeat(32) };
+    let stored = FileStored::Stored { path: "inbox/x/1-a.jpg".into(), size: 3, sha256: sha256_hex(FILE) };
     store.record_file_result(first.media[0].0, stored).await.unwrap().unwrap();
-    store.record_file_result(first.media[1].0, FileStored::Failed { reason: "disk full".into() }).await.unwrap().unwrap();
+    store.record_file_result(first.media[1].0, FileStored::Failed { reason: "disk full".into(), path: None }).await.unwrap().unwrap();
     store.delete::<Media>(first.media[1].0, None).await.unwrap();
 
     let assigned = store.assign_unmatched(first.id, customer.id, None).await.unwrap();
@@ -1333,7 +1368,7 @@ async fn assigning_gives_the_files_to_the_customer(db: &TestDb) {
     assert_eq!(listed(true).await, set(theirs));
 
     // A file result after the assignment keeps the customer.
-    let late = FileStored::Stored { path: "inbox/y/1-c.jpg".into(), size: 3, sha256: "cd".repeat(32) };
+    let late = FileStored::Stored { path: "inbox/x/1-c.jpg".into(), size: 3, sha256: sha256_hex(FILE) };
     let media = store.record_file_result(sibling.media[0].0, late).await.unwrap().unwrap();
     assert_eq!((media.data.customer_id, media.data.status), (Some(customer.id), MediaStatus::Stored));
 }

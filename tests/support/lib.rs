@@ -16,8 +16,9 @@ use crm_store::{Store, StoreConfig};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// A media record waiting for its file (as an upload or an inbound attachment leaves it), for
-/// tests that write it with its store command.
+/// A media record waiting for a file (an upload or an inbound attachment leaves it so, with
+/// [`Media::awaiting`](crm_domain::comms::Media::awaiting) its path and content), for tests
+/// that write it with its store command.
 pub fn pending_media(customer_id: Option<uuid::Uuid>, filename: &str, mime_type: &str) -> crm_domain::comms::Media {
     crm_domain::comms::Media {
         customer_id,

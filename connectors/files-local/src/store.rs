@@ -10,7 +10,7 @@
 //! survives a crash.
 
 use crate::paths::{Entry, FolderError, PathError, RelativePath, Root, TEMP_PREFIX, sync_folder};
-use sha2::{Digest, Sha256};
+use crm_domain::sha256_hex;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -72,19 +72,6 @@ pub fn is_permanent(kind: io::ErrorKind) -> bool {
             | Unsupported
             | ArgumentListTooLong
     )
-}
-
-/// Lower-case hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
 }
 
 /// Makes sure folder `path` exists.

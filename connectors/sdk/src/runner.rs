@@ -375,7 +375,7 @@ async fn settle<C: Connector>(connector: &C, hub: &Hub, stop: &CancellationToken
             return;
         }
         Err(panic) => {
-            let reason = format!("handler panicked: {}", panic_message(&*panic));
+            let reason = format!("handler panicked: {}", crm_bus::panic_reason(&*panic));
             tracing::error!(reason = %reason, "command handler panicked; will retry");
             log_settle("retry", delivery.retry(&reason).await);
             return;
@@ -440,14 +440,6 @@ fn log_task_end(result: Result<(), tokio::task::JoinError>) {
     {
         tracing::error!(error = %err, "command task panicked");
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Stops a background task when the runner ends, however it ends (even when its own task is

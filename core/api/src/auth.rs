@@ -229,7 +229,7 @@ pub fn generate_password() -> String {
 /// SHA-256 of a high-entropy token, hex. (Tokens and keys are random, so a fast hash is right;
 /// passwords, which are not, use Argon2id.)
 pub(crate) fn token_hash(token: &str) -> String {
-    crate::extract::sha256_hex(token.as_bytes())
+    crm_domain::sha256_hex(token.as_bytes())
 }
 
 /// Who is making a request.

@@ -11,11 +11,11 @@ use axum::http::{StatusCode, header};
 use axum::routing::MethodRouter;
 use chrono::{DateTime, Utc};
 use crm_domain::Violations;
+use crm_domain::sha256_hex;
 use crm_store::SortDirection;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 /// A JSON request body, parsed but not yet typed. Accepts `application/json` and any
@@ -187,11 +187,6 @@ pub(crate) fn request_digest(route: &str, body: &Value) -> String {
     let mut text = format!("{route}\n");
     canonical(body, &mut text);
     sha256_hex(text.as_bytes())
-}
-
-/// SHA-256 of `bytes`, in lower-case hex.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The ETag for a record version.

@@ -6,7 +6,7 @@
 
 use crate::auth::{Ctx, Requirement, RouteRule};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, IdempotencyKeyHeader, JsonBody, is_json, media_type, request_digest, sha256_hex};
+use crate::extract::{Id, IdempotencyKeyHeader, JsonBody, is_json, media_type, request_digest};
 use crate::resources::{
     ApiResource, create_with_commands, created, customer_is_mine, linkable_customer, list, parse_body, readable, replay,
 };
@@ -25,6 +25,7 @@ use crm_domain::Violations;
 use crm_domain::access::{Action, Area, Scope};
 use crm_domain::comms::{self, Media, MediaDirection, MediaInput, MediaStatus};
 use crm_domain::order::Order;
+use crm_domain::sha256_hex;
 use crm_store::{IdempotencyKey, MediaFilter};
 use http_body_util::Limited;
 use serde::Deserialize;
@@ -307,7 +308,7 @@ async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, key: Option
         overwrite: false,
         content: Bytes(bytes),
     };
-    let media = Media { size: Some(command.content.0.len() as u64), ..media };
+    let media = media.awaiting(&command.path, &command.content.0);
     let envelope = Envelope::new(CORE_SOURCE, &command, request_id.trace()).to_structured();
     create_with_commands(state, ctx, key.as_ref(), media_id, media, &[envelope]).await
 }

@@ -5,6 +5,16 @@ use crate::envelope::Envelope;
 use crate::{BusError, amqp, in_process};
 use chrono::{DateTime, Utc};
 
+/// The message of a caught panic (what a consumer whose handler panicked gives as the reason
+/// when it retries or dead-letters the delivery).
+pub fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Why and when a message was dead-lettered, on deliveries from [`crate::Bus::dead_letters`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadInfo {

@@ -42,7 +42,7 @@ impl<F: FnMut()> Drop for OnDrop<F> {
 pub use amqp::AmqpBus;
 pub use bus::Bus;
 pub use config::{BusConfig, DEFAULT_MAX_MESSAGE_BYTES, RetryPolicy, redact_url};
-pub use delivery::{DeadInfo, Delivery};
+pub use delivery::{DeadInfo, Delivery, panic_reason};
 pub use envelope::{DecodeError, Envelope, Trace};
 pub use error::BusError;
 pub use in_process::InProcessBus;

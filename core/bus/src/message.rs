@@ -472,7 +472,9 @@ impl Message for EnsureFolder {
     }
 }
 
-/// Command: store a file in the file store.
+/// Command: store a file in the file store. The [`FileResult`] names `path` as given and, when
+/// stored, the SHA-256 of `content`: the core accepts a result for the media record only when
+/// both are the ones it sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {

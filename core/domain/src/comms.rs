@@ -497,7 +497,7 @@ pub struct Media {
     pub comms_id: Option<Uuid>,
     /// File name.
     pub filename: String,
-    /// Path in the file store.
+    /// Path in the file store (for a `pending` file: the path it is being stored at).
     #[serde(default)]
     pub nextcloud_path: Option<String>,
     /// MIME type.
@@ -505,7 +505,7 @@ pub struct Media {
     /// Size in bytes, when known.
     #[serde(default)]
     pub size: Option<u64>,
-    /// SHA-256 of the content, hex, once stored.
+    /// SHA-256 of the content, hex (for a `pending` file: of the bytes sent to the file store).
     #[serde(default)]
     pub sha256: Option<String>,
     /// Which way it went.
@@ -523,6 +523,19 @@ pub struct Media {
 }
 
 impl Media {
+    /// This record, `pending` until the file store reports on `content` sent to be stored at
+    /// `path`: it keeps the path, size and SHA-256, and accepts a report of that file alone.
+    pub fn awaiting(self, path: &str, content: &[u8]) -> Media {
+        Media {
+            nextcloud_path: Some(path.to_owned()),
+            size: Some(content.len() as u64),
+            sha256: Some(crate::sha256_hex(content)),
+            status: MediaStatus::Pending,
+            status_reason: None,
+            ..self
+        }
+    }
+
     /// Folded text for search.
     pub fn search_text(&self) -> String {
         crate::fold_for_search(&format!("{} {}", self.filename, self.tags.join(" ")))

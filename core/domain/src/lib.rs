@@ -31,3 +31,10 @@ pub mod user;
 pub use error::{FieldError, Violations, deserialize_storable_time, storable_time};
 pub use record::{Record, strip_read_only};
 pub use search::{fold_for_search, search_terms};
+
+/// SHA-256 of `bytes`, in lower-case hex: the one digest crm-hub records and compares (files,
+/// token hashes, request digests, plugin hashes).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -25,8 +25,10 @@ use crm_domain::customer::Customer;
 use crm_domain::matching::Matcher;
 use crm_domain::matching::{self, Candidate, KeyKind, LookupKey, Sender};
 use crm_store::{ConnectorInstance, DeliveryRecorded, FileStored, InboundEntry, Logged, Store, StoreError};
+use futures::FutureExt as _;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -75,31 +77,61 @@ impl Ingest {
             if batch.is_empty() {
                 break;
             }
-            self.handle(&subscriber, batch, &shutdown).await;
+            self.handle_guarded(&subscriber, batch, &shutdown).await;
         }
         tracing::info!("ingest stopped");
     }
 
-    async fn handle(&self, subscriber: &Subscriber, batch: Vec<Delivery>, shutdown: &CancellationToken) {
+    /// Handles a batch; when handling panics (a bug an event triggers), the deliveries not
+    /// settled yet are handled again one by one, and one that panics alone is retried with the
+    /// panic as its reason (dead-lettered after the last attempt), like a command whose handler
+    /// panics in a connector. The consumer goes on either way.
+    async fn handle_guarded(&self, subscriber: &Subscriber, batch: Vec<Delivery>, shutdown: &CancellationToken) {
+        let mut slots: Vec<Option<Delivery>> = batch.into_iter().map(Some).collect();
+        let Err(panic) = AssertUnwindSafe(self.handle(subscriber, &mut slots, shutdown)).catch_unwind().await else { return };
+        let reason = format!("ingest panicked: {}", crm_bus::panic_reason(&*panic));
+        let left: Vec<Delivery> = slots.into_iter().flatten().collect();
+        tracing::error!(%reason, unsettled = left.len(), "ingest panicked on a batch; handling its events one by one");
+        metrics::counter!("ingest_panics_total").increment(1);
+        if left.len() == 1 {
+            return settle_failure(left.into_iter().next().expect("one"), &reason).await;
+        }
+        for delivery in left {
+            let mut slot = [Some(delivery)];
+            if let Err(panic) = AssertUnwindSafe(self.handle(subscriber, &mut slot, shutdown)).catch_unwind().await
+                && let [Some(delivery)] = slot
+            {
+                let reason = format!("ingest panicked: {}", crm_bus::panic_reason(&*panic));
+                tracing::error!(%reason, id = %delivery.envelope.id, kind = %delivery.envelope.kind, "ingest panicked on this event");
+                settle_failure(delivery, &reason).await;
+            }
+        }
+    }
+
+    /// Handles the deliveries in `slots`, taking each out when it is settled: what a panic
+    /// leaves there is unsettled.
+    async fn handle(&self, subscriber: &Subscriber, slots: &mut [Option<Delivery>], shutdown: &CancellationToken) {
         let started = std::time::Instant::now();
-        let mut inbound: Vec<(Delivery, Pending)> = Vec::new();
-        let mut done: Vec<Delivery> = Vec::new();
-        for delivery in batch {
+        let mut inbound: Vec<(usize, Pending)> = Vec::new();
+        let mut done: Vec<usize> = Vec::new();
+        for index in 0..slots.len() {
+            let Some(delivery) = &slots[index] else { continue };
             let envelope = &delivery.envelope;
             tracing::debug!(id = %envelope.id, kind = %envelope.kind, request_id = envelope.trace.request_id.as_deref().unwrap_or(""), "event");
             match self.decode(envelope) {
-                Ok(Decoded::Inbound(pending)) => inbound.push((delivery, *pending)),
+                Ok(Decoded::Inbound(pending)) => inbound.push((index, *pending)),
                 Ok(Decoded::Other(action)) => match self.until_stored(shutdown, || self.apply(&action)).await {
-                    Some(Ok(())) => done.push(delivery),
-                    Some(Err(reason)) => settle_failure(delivery, &reason).await,
-                    None => requeue(delivery).await,
+                    Some(Ok(())) => done.push(index),
+                    Some(Err(reason)) => settle_failure(take(slots, index), &reason).await,
+                    None => requeue(take(slots, index)).await,
                 },
                 Ok(Decoded::Ignored(why)) => {
                     tracing::debug!(why, "event ignored");
                     metrics::counter!("ingest_events_total", "outcome" => "ignored").increment(1);
-                    done.push(delivery);
+                    done.push(index);
                 }
                 Err(reason) => {
+                    let delivery = take(slots, index);
                     tracing::warn!(%reason, id = %delivery.envelope.id, kind = %delivery.envelope.kind, request_id = delivery.envelope.trace.request_id.as_deref().unwrap_or(""), "malformed event: dead-lettered");
                     metrics::counter!("ingest_events_total", "outcome" => "malformed").increment(1);
                     if let Err(err) = delivery.dead_letter(&reason).await {
@@ -109,20 +141,20 @@ impl Ingest {
             }
         }
         if !inbound.is_empty() {
-            let (deliveries, pending): (Vec<Delivery>, Vec<Pending>) = inbound.into_iter().unzip();
+            let (indices, pending): (Vec<usize>, Vec<Pending>) = inbound.into_iter().unzip();
             let entries = match self.until_stored(shutdown, || self.resolve(&pending)).await {
                 Some(Ok(entries)) => entries,
                 Some(Err(reason)) => {
-                    for delivery in deliveries {
-                        settle_failure(delivery, &reason).await;
+                    for index in indices {
+                        settle_failure(take(slots, index), &reason).await;
                     }
-                    return self.ack(subscriber, done).await;
+                    return self.ack(subscriber, slots, &done).await;
                 }
                 None => {
-                    for delivery in deliveries {
-                        requeue(delivery).await;
+                    for index in indices {
+                        requeue(take(slots, index)).await;
                     }
-                    return self.ack(subscriber, done).await;
+                    return self.ack(subscriber, slots, &done).await;
                 }
             };
             let has_commands = entries.iter().any(|e| !e.commands.is_empty());
@@ -130,40 +162,42 @@ impl Ingest {
             // message that cannot be stored costs only itself.
             match self.until_stored(shutdown, || self.store.log_inbound_each(entries.clone())).await {
                 Some(Ok(outcomes)) => {
-                    for ((outcome, entry), delivery) in outcomes.into_iter().zip(&entries).zip(deliveries) {
+                    for ((outcome, entry), index) in outcomes.into_iter().zip(&entries).zip(indices) {
                         let label = match outcome {
                             Ok(Logged::Duplicate(_)) => "duplicate",
                             Ok(Logged::Created(_)) if entry.entry.triage == Some(Triage::Unmatched) => "unmatched",
                             Ok(Logged::Created(_)) => "matched",
                             Err(err) => {
-                                settle_failure(delivery, &format!("{err}: {err:?}")).await;
+                                settle_failure(take(slots, index), &format!("{err}: {err:?}")).await;
                                 continue;
                             }
                         };
                         metrics::counter!("ingest_events_total", "outcome" => label).increment(1);
-                        done.push(delivery);
+                        done.push(index);
                     }
                     if has_commands {
                         self.relay.notify_one();
                     }
                 }
                 Some(Err(reason)) => {
-                    for delivery in deliveries {
-                        settle_failure(delivery, &reason).await;
+                    for index in indices {
+                        settle_failure(take(slots, index), &reason).await;
                     }
                 }
                 None => {
-                    for delivery in deliveries {
-                        requeue(delivery).await;
+                    for index in indices {
+                        requeue(take(slots, index)).await;
                     }
                 }
             }
         }
-        self.ack(subscriber, done).await;
+        self.ack(subscriber, slots, &done).await;
         metrics::histogram!("ingest_batch_seconds").record(started.elapsed().as_secs_f64());
     }
 
-    async fn ack(&self, subscriber: &Subscriber, done: Vec<Delivery>) {
+    /// Acknowledges the deliveries at `done` in `slots` at once.
+    async fn ack(&self, subscriber: &Subscriber, slots: &mut [Option<Delivery>], done: &[usize]) {
+        let done: Vec<Delivery> = done.iter().filter_map(|&index| slots[index].take()).collect();
         if done.is_empty() {
             return;
         }
@@ -483,24 +517,22 @@ impl Ingest {
             let media_id = Uuid::now_v7();
             kept.media_id = Some(media_id);
             let path = format!("{folder}/{}", crm_domain::comms::stored_file_name(&(index + 1).to_string(), &kept.filename));
-            media.push((
-                media_id,
-                Media {
-                    customer_id: entry.customer_id,
-                    order_id: None,
-                    comms_id: Some(p.id),
-                    filename: kept.filename.clone(),
-                    nextcloud_path: None,
-                    mime_type: crm_domain::comms::mime_type(&kept.mime_type).unwrap_or_else(|_| "application/octet-stream".into()),
-                    size: Some(content.0.len() as u64),
-                    sha256: None,
-                    direction: MediaDirection::Received,
-                    tags: Vec::new(),
-                    uploaded_by: entry.logged_by.clone(),
-                    status: MediaStatus::Pending,
-                    status_reason: None,
-                },
-            ));
+            let record = Media {
+                customer_id: entry.customer_id,
+                order_id: None,
+                comms_id: Some(p.id),
+                filename: kept.filename.clone(),
+                nextcloud_path: None,
+                mime_type: crm_domain::comms::mime_type(&kept.mime_type).unwrap_or_else(|_| "application/octet-stream".into()),
+                size: None,
+                sha256: None,
+                direction: MediaDirection::Received,
+                tags: Vec::new(),
+                uploaded_by: entry.logged_by.clone(),
+                status: MediaStatus::Pending,
+                status_reason: None,
+            };
+            media.push((media_id, record.awaiting(&path, &content.0)));
             let command = StoreFile { media_id, path, mime_type: kept.mime_type.clone(), overwrite: false, content: content.clone() };
             let trace = Trace { traceparent: None, request_id: entry.raw_event_id.clone() };
             commands.push(Envelope::new(&self.config.source, &command, trace).to_structured());
@@ -537,7 +569,7 @@ impl Ingest {
                     FileOutcome::Stored { size, sha256 } => {
                         FileStored::Stored { path: result.path.clone(), size: *size, sha256: sha256.clone() }
                     }
-                    FileOutcome::Failed { reason } => FileStored::Failed { reason: reason.clone() },
+                    FileOutcome::Failed { reason } => FileStored::Failed { reason: reason.clone(), path: Some(result.path.clone()) },
                 };
                 self.store.record_file_result(media_id, stored).await?;
                 metrics::counter!("ingest_events_total", "outcome" => "file_result").increment(1);
@@ -585,6 +617,11 @@ enum Action {
 
 /// An event the store refused for a reason waiting will not fix: retried with backoff, then
 /// dead-lettered by the bus.
+/// The delivery at `index`, taken out of `slots` to be settled (each is settled once).
+fn take(slots: &mut [Option<Delivery>], index: usize) -> Delivery {
+    slots[index].take().expect("each delivery is settled once")
+}
+
 async fn settle_failure(delivery: Delivery, reason: &str) {
     tracing::warn!(%reason, id = %delivery.envelope.id, "event failed; retrying later");
     metrics::counter!("ingest_events_total", "outcome" => "retried").increment(1);

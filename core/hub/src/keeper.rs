@@ -8,7 +8,7 @@
 
 use crm_bus::message::WaitingRecord;
 use crm_bus::{Delivery, Envelope, Subscriber};
-use crm_store::{FileStored, Store};
+use crm_store::{FileStored, Store, StoreError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -77,7 +77,15 @@ pub(crate) async fn file_given_up(
     let why = || format!("dead-lettered by {group} after {attempts} attempts: {reason}");
     match WaitingRecord::of(envelope) {
         Some(WaitingRecord::Media(media_id)) => {
-            store.record_file_result(media_id, FileStored::Failed { reason: why() }).await?;
+            match store.record_file_result(media_id, FileStored::Failed { reason: why(), path: None }).await {
+                Ok(_) => {}
+                // A command for a record that asked the file store for nothing: filed, and
+                // nothing waits for it.
+                Err(StoreError::Conflict { detail, .. }) => {
+                    tracing::warn!(%media_id, %detail, "a dead-lettered file command for a record not waiting for it")
+                }
+                Err(err) => return Err(err),
+            }
         }
         Some(WaitingRecord::Entry(entry_id)) => {
             store.fail_queued_delivery(entry_id, why()).await?;

@@ -13,8 +13,8 @@ use crate::pricing::PriceRequest;
 use crate::sandbox::{self, Sandbox};
 use crm_domain::matching::{Candidate, Channel, Choice, LookupKey, Sender};
 use crm_domain::order::Quote;
+use crm_domain::sha256_hex;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -91,11 +91,6 @@ impl fmt::Display for PluginId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} (sha256:{})", self.name, self.version, &self.hash[..self.hash.len().min(12)])
     }
-}
-
-/// SHA-256 of `bytes`, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Runs plugins: one engine, one artifact cache.

@@ -11,12 +11,13 @@
 use crate::config::HostConfig;
 use crate::defaults;
 use crate::error::{CallError, LoadError, RegistryError};
-use crate::plugin::{ComponentInfo, LoadedPlugin, PluginHost, PluginId, World, sha256_hex};
+use crate::plugin::{ComponentInfo, LoadedPlugin, PluginHost, PluginId, World};
 use crate::pricing::PriceRequest;
 use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 use crm_domain::matching::{Candidate, Choice, LookupKey, Sender};
 use crm_domain::order::Quote;
+use crm_domain::sha256_hex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

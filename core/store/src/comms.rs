@@ -14,7 +14,6 @@ use crm_domain::Record;
 use crm_domain::comms::{AddressKind, CommsEntry, DeliveryStatus, Direction, MatchInfo, Media, MediaStatus, Triage};
 use crm_domain::contact::{Contact, ContactType};
 use crm_domain::customer::Customer;
-use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -119,7 +118,7 @@ pub fn ext_key(channel: &str, channel_message_id: &str) -> String {
     if channel_message_id.len() <= EXT_KEY_MAX_ID_BYTES {
         format!("{channel}:{channel_message_id}")
     } else {
-        format!("{channel}#sha256:{}", hex::encode(Sha256::digest(channel_message_id.as_bytes())))
+        format!("{channel}#sha256:{}", crm_domain::sha256_hex(channel_message_id.as_bytes()))
     }
 }
 
@@ -229,7 +228,38 @@ pub enum FileStored {
     Failed {
         /// Why.
         reason: String,
+        /// The path the file store was asked for, when the report names one (a command the
+        /// core gave up on does not).
+        path: Option<String>,
     },
+}
+
+impl FileStored {
+    /// Why this report is not about the file `media` waits for, if it is not. A record made
+    /// for a file to store keeps the path it asked for and the SHA-256 of the bytes it sent,
+    /// so a report of another path or other bytes (a forged event, or a dead letter replayed
+    /// with changed data) cannot point it at another file; a record of a file stored elsewhere
+    /// (`external`) asked the file store for nothing.
+    fn mismatch(&self, media: &Media) -> Option<String> {
+        if media.status == MediaStatus::External {
+            return Some("the media record indexes a file stored elsewhere: it asked the file store for nothing".into());
+        }
+        let (path, sha256) = match self {
+            Self::Stored { path, sha256, .. } => (Some(path), Some(sha256)),
+            Self::Failed { path, .. } => (path.as_ref(), None),
+        };
+        if let (Some(asked), Some(path)) = (&media.nextcloud_path, path)
+            && asked != path
+        {
+            return Some(format!("the file store reports the path {path:?}, but the media record asked for {asked:?}"));
+        }
+        if let (Some(sent), Some(sha256)) = (&media.sha256, sha256)
+            && !sent.eq_ignore_ascii_case(sha256)
+        {
+            return Some(format!("the file store reports SHA-256 {sha256}, but the media record sent bytes with {sent}"));
+        }
+        None
+    }
 }
 
 /// What assigning an unmatched entry did.
@@ -563,7 +593,9 @@ impl Store {
     }
 
     /// Records what the file store did with a media record's file, on the media record and on
-    /// the log entry it came with. Reports for unknown or deleted media are ignored (`None`).
+    /// the log entry it came with. Reports for unknown or deleted media are ignored (`None`); a
+    /// report of another path or other bytes than the record asked to store is a conflict at
+    /// `/path` and changes nothing.
     pub async fn record_file_result(&self, media_id: Uuid, result: FileStored) -> Result<Option<Record<Media>>> {
         let now = now();
         let mut tx = self.begin().await?;
@@ -582,6 +614,9 @@ impl Store {
             Err(StoreError::NotFound) => return Ok(None),
             Err(err) => return Err(err),
         };
+        if let Some(mismatch) = result.mismatch(&current.data) {
+            return Err(StoreError::conflict(Some("/path"), mismatch));
+        }
         let mut media = current.data.clone();
         match &result {
             FileStored::Stored { path, size, sha256 } => {
@@ -591,7 +626,7 @@ impl Store {
                 media.sha256 = Some(sha256.clone());
                 media.status_reason = None;
             }
-            FileStored::Failed { reason } => {
+            FileStored::Failed { reason, .. } => {
                 if media.status == MediaStatus::Stored {
                     // A late failure report of a redelivered command: the file is there.
                     return Ok(Some(current));
@@ -612,7 +647,7 @@ impl Store {
                         attachment.nextcloud_path = Some(path.clone());
                         attachment.refused = None;
                     }
-                    FileStored::Failed { reason } => attachment.refused = Some(reason.clone()),
+                    FileStored::Failed { reason, .. } => attachment.refused = Some(reason.clone()),
                 }
             }
             if next != entry.data {
