@@ -1,7 +1,8 @@
 //! Bus operations over HTTP: connectors and their status from heartbeats, the state of the bus
 //! (transport, queues, dead letters waiting, outbox backlog), and dead letters: listed a page at
 //! a time, read, discarded, and replayed onto their consumer group's queue (with fixed data or
-//! as they were), each only once.
+//! as they were), each only once. A letter's data is shown, and replaced, only by those who
+//! may see, and edit, every customer.
 
 use crate::{expect_json, expect_problem, get, get_query, id, item_ids, pointers, post};
 use chrono::{Duration, Utc};
@@ -24,6 +25,7 @@ crm_tests::api_on_both_backends!(
     replaying_a_failed_send_puts_its_entry_back_in_line,
     replays_of_one_dead_letter_at_once_publish_it_once,
     only_those_with_the_connectors_permission,
+    dead_letter_data_only_for_those_who_reach_every_customer,
 );
 
 fn instance(name: &str, instance: &str, version: &str, state: &str, heard: Duration) -> ConnectorInstance {
@@ -337,4 +339,59 @@ async fn only_those_with_the_connectors_permission(app: &TestApp) {
     let response = admin.post(app.url(&format!("/api/v1/bus/dead-letters/{letter}/discard"))).send().await.expect("request");
     let discarded = expect_json(response, StatusCode::OK).await;
     assert!(discarded["resolved_by"].as_str().is_some_and(|by| by.starts_with("user:")), "{discarded:#}");
+}
+
+/// A monitoring key with the connectors' permissions alone sees dead letters without their data
+/// (any customer's messages, addresses, files) and may replay them only as they were; a key
+/// that may also see and edit every customer sees the data and may replace it.
+async fn dead_letter_data_only_for_those_who_reach_every_customer(app: &TestApp) {
+    // Core's queue, for the replays to land in.
+    let _queue = app.bus.subscribe(Subscription::new("core.events", Exchange::Events, &["*.message.received"])).await.expect("subscribe");
+    let email = received_email("papas@example.gr", "Η καμπάνα του Αγίου Νικολάου");
+    let letter = file_dead_letter(&app.db.store, "core.events", &email, "no customer field").await;
+    let other = file_dead_letter(&app.db.store, "core.events", &received_email("b@example.gr", "x"), "x").await;
+    let key = |scopes: &[&'static str]| {
+        let scopes = scopes.to_vec();
+        async move {
+            let body = json!({"name": format!("key for {}", scopes.join(" ")), "scopes": scopes});
+            let record = expect_json(post(app, "/api/v1/api-keys", &body).await, StatusCode::CREATED).await;
+            crm_tests::client_with_token(record["key"].as_str().expect("a key"))
+        }
+    };
+    let monitor = key(&["connectors:view", "connectors:edit"]).await;
+    let viewer = key(&["connectors:view", "connectors:edit", "customers:view"]).await;
+    let operator = key(&["connectors:view", "connectors:edit", "customers:view", "customers:edit"]).await;
+    let read = |client: &reqwest::Client, path: String| {
+        let request = client.get(app.url(&path));
+        async move { expect_json(request.send().await.expect("request"), StatusCode::OK).await }
+    };
+    let one = format!("/api/v1/bus/dead-letters/{letter}");
+
+    // Without the data, and saying so; the rest of the envelope and the reason stay.
+    for shown in [read(&monitor, one.clone()).await, read(&monitor, "/api/v1/bus/dead-letters".into()).await["items"][1].clone()] {
+        assert_eq!((&shown["id"], &shown["data_redacted"]), (&json!(letter.to_string()), &json!(true)), "{shown:#}");
+        assert!(shown["envelope"].get("data").is_none() && shown["envelope"].get("data_base64").is_none(), "{shown:#}");
+        assert_eq!((&shown["envelope"]["id"], &shown["reason"]), (&json!(email.id), &json!("no customer field")));
+        assert!(!shown.to_string().contains("καμπάνα") && !shown.to_string().contains("papas@"), "{shown:#}");
+    }
+    for client in [&viewer, &operator] {
+        let shown = read(client, one.clone()).await;
+        assert_eq!((&shown["data_redacted"], &shown["envelope"]), (&json!(false), &email.to_structured()));
+    }
+
+    // New data only from those who may edit every customer; as it was, from the monitor.
+    let replay = |client: &reqwest::Client, id: Uuid, body: serde_json::Value| {
+        let request = client.post(app.url(&format!("/api/v1/bus/dead-letters/{id}/replay"))).json(&body);
+        async move { request.send().await.expect("request") }
+    };
+    let fixed = json!({"data": email.data_json()});
+    for client in [&monitor, &viewer] {
+        let problem = expect_problem(replay(client, letter, fixed.clone()).await, StatusCode::FORBIDDEN).await;
+        assert!(problem["detail"].as_str().is_some_and(|d| d.contains("customers:edit")), "{problem:#}");
+    }
+    let replayed = expect_json(replay(&monitor, other, json!({})).await, StatusCode::OK).await;
+    assert_eq!((&replayed["status"], &replayed["data_redacted"]), (&json!("replayed"), &json!(true)));
+    assert!(replayed["envelope"].get("data").is_none(), "{replayed:#}");
+    let replayed = expect_json(replay(&operator, letter, fixed).await, StatusCode::OK).await;
+    assert_eq!((&replayed["status"], &replayed["data_redacted"]), (&json!("replayed"), &json!(false)));
 }

@@ -3,6 +3,8 @@
 //! written after it; it waits out a backoff, visible to ops with its attempts and last error.
 //! One the bus can never take (a bad routing key, a file too large for a message) is filed as a
 //! dead letter and fails the record waiting for it, and the outbox goes on.
+//! What the store keeps only for a while (published commands, idempotency keys, silent connector
+//! instances) the janitor clears, and nothing else.
 //! On both transports and both backends, without the spy of the other scenarios (it binds every
 //! command, so nothing would be refused).
 
@@ -187,6 +189,72 @@ async fn a_file_too_large_for_the_bus_fails_its_media_and_blocks_nothing(transpo
     bus.cleanup().await;
 }
 
+/// With every retention at zero (silent connectors: half an hour), the janitor deletes a published
+/// command and the idempotency key it was written with, and forgets an instance silent for an
+/// hour; it keeps a command not published yet and an instance heard from just now.
+async fn the_janitor_clears_what_is_kept_only_for_a_while(transport: Transport, backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(bus) = TestBus::new(transport).await else { return };
+    let store = db.store.clone();
+    let heartbeat = |instance: &str, heard: chrono::Duration| crm_store::ConnectorInstance {
+        name: "email".into(),
+        instance: instance.into(),
+        version: "1.0.0".into(),
+        channel: "email".into(),
+        started_at: Utc::now() - chrono::Duration::days(1),
+        last_heartbeat: Utc::now() - heard,
+        state: "ready".into(),
+        detail: None,
+        in_flight: 0,
+        interval_seconds: 30,
+    };
+    let (gone, fresh) = (heartbeat("gone", chrono::Duration::hours(1)), heartbeat("fresh", chrono::Duration::zero()));
+    store.record_heartbeat(&gone).await.unwrap();
+    store.record_heartbeat(&fresh).await.unwrap();
+    // A command for a channel nobody serves stays unsent (the relay backs off on it).
+    write(&db, &[send(Channel::Whatsapp, 0)]).await;
+
+    let retention = crm_hub::Retention {
+        sent_commands: Duration::ZERO,
+        idempotency_keys: Duration::ZERO,
+        silent_connectors: Duration::from_secs(1800),
+        every: Duration::from_millis(50),
+    };
+    let config = HubConfig { retention, command_channels: vec![Channel::Email], ..HubConfig::default() };
+    let wakeup = Arc::new(Notify::new());
+    let hub = Hub::start(db.store.clone(), bus.bus.clone(), Arc::new(NativeMatcher::new(Region::GR)), config, wakeup.clone())
+        .await
+        .expect("hub starts");
+    let mut email =
+        bus.bus.subscribe(Subscription::new(command_group(Channel::Email), Exchange::Commands, &["email.#"])).await.expect("subscribed");
+    let customer = customer_with_email(&store, "Ενορία Αγίου Δημητρίου", "dimitrios@example.gr").await;
+    let key = crm_store::IdempotencyKey { key: "send-1".into(), request: "digest".into() };
+    let entry_id = Uuid::now_v7();
+    let entry = queued_outbound(customer.id, CommsType::Email, Some("Προσφορά"), "Σας στέλνουμε την προσφορά.");
+    store.create_once_with_commands(&key, entry_id, entry, &[send(Channel::Email, 1)]).await.expect("written");
+    wakeup.notify_one();
+    let delivery = tokio::time::timeout(WAIT, email.next()).await.expect("the command arrives").expect("bus open");
+    delivery.ack().await.unwrap();
+
+    let instances = || async { store.connector_instances().await.unwrap().into_iter().map(|i| i.instance).collect::<Vec<_>>() };
+    wait_until("the silent instance forgotten", WAIT, || async { instances().await == [fresh.instance.clone()] }).await;
+    wait_until("the key pruned", WAIT, || async { store.created_with_key::<CommsEntry>(&key).await.unwrap().is_none() }).await;
+    // Once the email command is marked sent, a round of the janitor after a key written then
+    // (pruned too) has deleted it: nothing published is left for the test to prune.
+    wait_until("the email command marked sent", WAIT, || async { store.outbox_backlog().await.unwrap().0 == 1 }).await;
+    let later = crm_store::IdempotencyKey { key: "send-2".into(), request: "digest".into() };
+    let later_id = Uuid::now_v7();
+    let entry = queued_outbound(customer.id, CommsType::Note, None, "σημείωση");
+    store.create_once_with_commands(&later, later_id, entry, &[]).await.expect("written");
+    wait_until("the later key pruned", WAIT, || async { store.created_with_key::<CommsEntry>(&later).await.unwrap().is_none() }).await;
+    assert_eq!(store.prune_outbox(chrono::Duration::zero()).await.unwrap(), 0, "the janitor deleted the published command");
+    assert_eq!(store.outbox_backlog().await.unwrap().0, 1, "the unsent command stays");
+    assert!(store.get::<CommsEntry>(entry_id, false).await.is_ok(), "records stay");
+    drop(email);
+    hub.shutdown().await;
+    bus.cleanup().await;
+}
+
 /// Runs each scenario on both transports and both backends: a module per combination, as the
 /// hub's `scenarios!` lays them out.
 macro_rules! on_every_bus_and_backend {
@@ -213,4 +281,5 @@ on_every_bus_and_backend!(
     a_refused_command_neither_repeats_nor_blocks_the_others,
     a_message_the_bus_can_never_take_is_filed_and_fails_its_entry,
     a_file_too_large_for_the_bus_fails_its_media_and_blocks_nothing,
+    the_janitor_clears_what_is_kept_only_for_a_while,
 );

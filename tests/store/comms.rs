@@ -857,6 +857,10 @@ async fn a_key_creates_once_with_its_commands(db: &TestDb) {
     let unknown = IdempotencyKey { key: "never-used".into(), request: "digest-a".into() };
     assert_eq!(store.created_with_key::<CommsEntry>(&unknown).await.unwrap(), None);
 
+    // Kept until pruned; once pruned, the key is a new request's.
+    assert_eq!(store.prune_idempotency_keys(chrono::Duration::hours(1)).await.unwrap(), 0);
+    assert_eq!(store.created_with_key::<CommsEntry>(&key).await.unwrap(), Some(first.clone()));
+
     // The same key for another request.
     let other = IdempotencyKey { key: "send-1".into(), request: "digest-b".into() };
     let id = Uuid::now_v7();
@@ -892,6 +896,13 @@ async fn a_key_creates_once_with_its_commands(db: &TestDb) {
     let labels: Vec<Value> = pending_envelopes(&store).await.into_iter().map(|e| e["data"]["label"].clone()).collect();
     assert_eq!(labels, [json!("send"), json!("theirs"), json!("racing")], "one command per record created");
     assert_eq!(every_entry(&store).await.len(), 3);
+
+    // Pruned, every key is forgotten: the first one makes a new record again.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(store.prune_idempotency_keys(chrono::Duration::zero()).await.unwrap(), 3);
+    assert_eq!(store.created_with_key::<CommsEntry>(&key).await.unwrap(), None);
+    let again = Uuid::now_v7();
+    assert!(matches!(store.create_once_with_commands(&key, again, entry(again), &[command("new")]).await.unwrap(), Created::New(_)));
 }
 
 // ---------------------------------------------------------------------------------------------

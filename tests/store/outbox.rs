@@ -15,6 +15,7 @@ crm_tests::on_both_backends!(
     failed_messages_back_off_while_later_ones_flow,
     concurrent_claims_are_disjoint,
     backlog_and_pruning,
+    pruning_goes_a_batch_at_a_time,
     dead_letters_are_filed_once,
     dead_letter_pages,
     resolving_dead_letters,
@@ -231,6 +232,20 @@ async fn backlog_and_pruning(db: &TestDb) {
     assert_eq!(store.outbox_backlog().await.unwrap().0, 1, "an unsent message is never pruned");
     store.outbox_failed(&seqs(&claimed)[2..], "retry", OutboxRetry::Now).await.unwrap();
     assert_eq!(seqs(&store.claim_outbox(10, minutes(1)).await.unwrap()), seqs(&claimed)[2..]);
+}
+
+/// More published messages than one pruning transaction takes: all go, the unsent one stays.
+async fn pruning_goes_a_batch_at_a_time(db: &TestDb) {
+    let store = &db.store;
+    enqueue(store, 2_500).await;
+    let claimed = store.claim_outbox(3_000, minutes(1)).await.unwrap();
+    assert_eq!(claimed.len(), 2_500);
+    store.outbox_sent(&seqs(&claimed)).await.unwrap();
+    enqueue(store, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(store.prune_outbox(Duration::zero()).await.unwrap(), 2_500);
+    assert_eq!(store.prune_outbox(Duration::zero()).await.unwrap(), 0);
+    assert_eq!(store.outbox_backlog().await.unwrap().0, 1);
 }
 
 async fn file(store: &Store, consumer: &str, envelope_id: &str, dead_at: DateTime<Utc>) -> Value {

@@ -1,6 +1,8 @@
 //! Operations on the bus and the connectors: which connector instances are alive (from their
 //! heartbeats), how full the queues and the outbox are, and the dead letters filed for ops,
-//! which can be replayed (after a fix of their data, if need be) or discarded.
+//! which can be replayed (after a fix of their data, if need be) or discarded. A dead letter's
+//! data may be any customer's: it is shown only to callers who may see every customer, and
+//! replaced only by callers who may edit every customer.
 
 use crate::AppState;
 use crate::auth::{Ctx, Requirement, RouteRule};
@@ -14,7 +16,7 @@ use chrono::{DateTime, Utc};
 use crm_bus::message::WaitingRecord;
 use crm_bus::{Bus, BusError, Envelope, QueueStats};
 use crm_domain::Violations;
-use crm_domain::access::{Action, Area};
+use crm_domain::access::{Action, Area, Scope};
 use crm_store::{ConnectorInstance, DeadLetter, OutboxFailure, Page, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -256,11 +258,31 @@ pub(crate) struct DeadLetterParams {
     limit: Option<u32>,
 }
 
+/// Whether the caller may act on every customer in `action`'s way.
+fn on_every_customer(ctx: &Ctx, action: Action) -> bool {
+    matches!(ctx.principal.require(Area::Customers, action), Ok(Scope::All))
+}
+
+/// `letter` as the caller may see it: without the message's data unless the caller may see
+/// every customer.
+fn shown(ctx: &Ctx, mut letter: DeadLetter) -> DeadLetter {
+    if !on_every_customer(ctx, Action::View) {
+        if let Some(envelope) = letter.envelope.as_object_mut() {
+            envelope.remove("data");
+            envelope.remove("data_base64");
+        }
+        letter.data_redacted = true;
+    }
+    letter
+}
+
 /// Dead letters, latest first.
 async fn dead_letters(ctx: Ctx, RawQuery(raw): RawQuery) -> ApiResult<Json<Page<DeadLetter>>> {
     let params: DeadLetterParams = strict_query(raw.as_deref(), &["status", "consumer", "cursor", "limit"])?;
     let status = params.status.map(DeadLetterStatus::as_str);
-    Ok(Json(ctx.store.dead_letters(status, params.consumer.as_deref(), params.cursor.as_deref(), params.limit).await?))
+    let mut page = ctx.store.dead_letters(status, params.consumer.as_deref(), params.cursor.as_deref(), params.limit).await?;
+    page.items = page.items.into_iter().map(|letter| shown(&ctx, letter)).collect();
+    Ok(Json(page))
 }
 
 fn no_dead_letter(err: crm_store::StoreError, id: Uuid) -> ApiError {
@@ -271,7 +293,7 @@ fn no_dead_letter(err: crm_store::StoreError, id: Uuid) -> ApiError {
 }
 
 async fn dead_letter(ctx: Ctx, Id(id): Id) -> ApiResult<Json<DeadLetter>> {
-    Ok(Json(ctx.store.dead_letter(id).await.map_err(|e| no_dead_letter(e, id))?))
+    Ok(Json(shown(&ctx, ctx.store.dead_letter(id).await.map_err(|e| no_dead_letter(e, id))?)))
 }
 
 /// What to replay: the message as it was, or with new data.
@@ -279,13 +301,14 @@ async fn dead_letter(ctx: Ctx, Id(id): Id) -> ApiResult<Json<DeadLetter>> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayRequest {
     /// Data to replace the message's data with (a JSON object), after fixing what made it fail.
+    /// Only for callers who may edit every customer.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     data: Option<Value>,
 }
 
 /// Puts a dead letter back on its consumer group's queue (as a first attempt, with new data if
-/// given) and marks it replayed. A replayed send puts its failed log entry back to `queued`. The
+/// given: only by those who may edit every customer) and marks it replayed. A replayed send puts its failed log entry back to `queued`. The
 /// letter is leased while it is published, so two replays of it at once publish it once.
 async fn replay(
     State(state): State<AppState>,
@@ -297,6 +320,9 @@ async fn replay(
         Some(body) => typed(body)?,
         None => ReplayRequest { data: None },
     };
+    if request.data.is_some() && !on_every_customer(&ctx, Action::Edit) {
+        return Err(ApiError::Forbidden("replaying a message with new data needs customers:edit on every customer".into()));
+    }
     let letter = ctx.store.dead_letter(id).await.map_err(|e| no_dead_letter(e, id))?;
     if letter.status != "dead" {
         return Err(ApiError::Conflict {
@@ -330,7 +356,7 @@ async fn replay(
         }
         .in_current_span(),
     );
-    Ok(Json(replayed.await.map_err(ApiError::internal)??))
+    Ok(Json(shown(&ctx, replayed.await.map_err(ApiError::internal)??)))
 }
 
 /// How long a replay holds its dead letter: far beyond the bus's confirm timeout, so only a
@@ -369,5 +395,5 @@ async fn discard(ctx: Ctx, Id(id): Id) -> ApiResult<Json<DeadLetter>> {
         let reason = format!("discarded by {} after being dead-lettered by {}: {}", ctx.principal.label(), letter.consumer, letter.reason);
         ctx.store.fail_queued_delivery(entry_id, reason).await?;
     }
-    Ok(Json(letter))
+    Ok(Json(shown(&ctx, letter)))
 }

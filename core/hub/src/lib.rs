@@ -1,21 +1,24 @@
-//! The core's side of the bus. [`Hub::start`] runs three tasks beside the HTTP API:
+//! The core's side of the bus. [`Hub::start`] runs four tasks beside the HTTP API:
 //!
 //! * **ingest** (`ingest`): consumes connector events (messages received, calls, delivery
 //!   reports, file-store results, heartbeats) into the communications log, matching senders to
 //!   customers with a [`Matcher`] (the built-in rules or the active matcher plugin);
 //! * **relay** (`relay`): publishes the transactional outbox with publisher confirms;
-//! * **keeper** (`keeper`): files dead letters for ops.
+//! * **keeper** (`keeper`): files dead letters for ops;
+//! * **janitor** (`janitor`): deletes what the store keeps only for a while ([`Retention`]).
 //!
 //! It also declares the command queue of every channel at start, so commands for a connector
 //! that is not running yet wait in its queue instead of being dropped.
 
 mod ingest;
+mod janitor;
 mod keeper;
 mod matcher;
 mod relay;
 
 pub use crm_domain::matching::{Matcher, NativeMatcher};
 pub use ingest::MAX_REFERENCES as INGEST_MAX_REFERENCES;
+pub use janitor::Retention;
 
 use crm_bus::message::{Channel, command_group};
 use crm_bus::{Bus, BusError, Exchange, Subscription};
@@ -51,6 +54,8 @@ pub struct HubConfig {
     /// in the server: a command for another channel is then refused (the outbox shows it failing)
     /// instead of waiting in memory for a connector that cannot come.
     pub command_channels: Vec<Channel>,
+    /// How long published commands, idempotency keys and silent connector instances are kept.
+    pub retention: Retention,
 }
 
 impl Default for HubConfig {
@@ -64,6 +69,7 @@ impl Default for HubConfig {
             attachment_cap: 25 * 1024 * 1024,
             min_confidence: 50,
             command_channels: vec![Channel::Email, Channel::Whatsapp, Channel::Sms, Channel::Files],
+            retention: Retention::default(),
         }
     }
 }
@@ -76,7 +82,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Declares the queues and starts ingest, the relay and the dead-letter keeper. The relay
+    /// Declares the queues and starts ingest, the relay, the dead-letter keeper and the janitor. The relay
     /// also wakes when `relay_wakeup` is notified (the API does after writing to the outbox).
     pub async fn start(
         store: Store,
@@ -99,7 +105,8 @@ impl Hub {
         let dead = bus.dead_letters().await?;
         let relay = relay::Relay { store: store.clone(), bus: bus.clone(), wakeup: relay_wakeup, batch: config.relay_batch };
         tasks.spawn(relay.run(shutdown.clone()));
-        tasks.spawn(keeper::run(store, dead, shutdown.clone()));
+        tasks.spawn(keeper::run(store.clone(), dead, shutdown.clone()));
+        tasks.spawn(janitor::run(store, config.retention.clone(), shutdown.clone()));
         tracing::info!(transport = bus.transport(), "hub started");
         Ok(Hub { shutdown, tasks })
     }

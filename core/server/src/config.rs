@@ -66,6 +66,12 @@ pub struct Settings {
     pub files_dir: PathBuf,
     /// The largest file (upload or attachment) the core passes to the file store, in bytes.
     pub files_max_bytes: u64,
+    /// Hours a published command stays in the outbox (an upload's holds the file's bytes).
+    pub keep_sent_commands_hours: u64,
+    /// Hours an `Idempotency-Key` is kept: a retry with it within that gets the first result.
+    pub keep_idempotency_keys_hours: u64,
+    /// Days a connector instance not heard from stays in the connector list.
+    pub keep_silent_connectors_days: u64,
     /// The rule plugins' data directory: registry state, component blobs, compiled artifacts
     /// (`cache/`) and components to register at start (`autoload/`).
     pub plugins_dir: PathBuf,
@@ -121,6 +127,9 @@ impl Default for Settings {
             embedded_connectors: vec!["files-local".into()],
             files_dir: PathBuf::from("./data/files"),
             files_max_bytes: 25 * 1024 * 1024,
+            keep_sent_commands_hours: 24,
+            keep_idempotency_keys_hours: 24,
+            keep_silent_connectors_days: 7,
             plugins_dir: PathBuf::from("./data/plugins"),
             plugins_fuel_per_call: crm_plugins::HostConfig::default().fuel_per_call,
             plugins_memory_limit_bytes: crm_plugins::HostConfig::default().memory_limit_bytes,
@@ -154,6 +163,9 @@ impl std::fmt::Debug for Settings {
             .field("embedded_connectors", &self.embedded_connectors)
             .field("files_dir", &self.files_dir)
             .field("files_max_bytes", &self.files_max_bytes)
+            .field("keep_sent_commands_hours", &self.keep_sent_commands_hours)
+            .field("keep_idempotency_keys_hours", &self.keep_idempotency_keys_hours)
+            .field("keep_silent_connectors_days", &self.keep_silent_connectors_days)
             .field("plugins_dir", &self.plugins_dir)
             .field("plugins_fuel_per_call", &self.plugins_fuel_per_call)
             .field("plugins_memory_limit_bytes", &self.plugins_memory_limit_bytes)

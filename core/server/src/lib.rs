@@ -9,7 +9,7 @@ pub mod users;
 use anyhow::Context;
 use config::Settings;
 use crm_bus::{Bus, Channel};
-use crm_hub::{Hub, HubConfig};
+use crm_hub::{Hub, HubConfig, Retention};
 use crm_store::Store;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -129,8 +129,18 @@ fn hub_config(settings: &Settings) -> anyhow::Result<HubConfig> {
         region: crm_domain::contact::Region::parse(&settings.default_region).map_err(anyhow::Error::msg)?,
         attachment_cap: settings.files_max_bytes,
         command_channels: command_channels(settings),
+        retention: Retention {
+            sent_commands: hours(settings.keep_sent_commands_hours),
+            idempotency_keys: hours(settings.keep_idempotency_keys_hours),
+            silent_connectors: hours(settings.keep_silent_connectors_days.saturating_mul(24)),
+            ..Retention::default()
+        },
         ..HubConfig::default()
     })
+}
+
+fn hours(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n.saturating_mul(3600))
 }
 
 /// The channels whose commands wait for their connector: every channel on RabbitMQ; on the

@@ -486,6 +486,17 @@ impl Store {
         Ok(Some(self.get::<R>(row.uuid("record_id")?, true).await?))
     }
 
+    /// Deletes the idempotency keys older than `age` (a request with one of them after that is
+    /// a new request); how many.
+    pub async fn prune_idempotency_keys(&self, age: chrono::Duration) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let mut sql = Sql::new("DELETE FROM idempotency_keys WHERE created_at < ");
+        sql.bind(Value::Time(Some(now() - age)));
+        let n = tx.execute(&sql).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// Records a delivery report for an outbound entry, found by id or by its channel key. A
     /// report never moves the status back (reports arrive out of order). The first channel
     /// message id reported becomes the entry's, so replies to it find the thread.

@@ -87,8 +87,12 @@ pub struct DeadLetter {
     pub event_type: String,
     /// Its routing key.
     pub routing_key: String,
-    /// The whole message (CloudEvents structured JSON).
+    /// The whole message (CloudEvents structured JSON); without its `data` when
+    /// `data_redacted`.
     pub envelope: serde_json::Value,
+    /// Whether the message's data was left out: it may hold any customer's messages, addresses
+    /// and files, and the caller may not see every customer.
+    pub data_redacted: bool,
     /// Why it was given up on.
     pub reason: String,
     /// How many times it was tried.
@@ -246,14 +250,22 @@ impl Store {
         Ok((row.get("n")?, row.time("oldest")?))
     }
 
-    /// Deletes published outbox messages older than `age`.
+    /// Deletes outbox messages published more than `age` ago (a thousand per transaction, so
+    /// that a large backlog of them never holds the table for long); how many.
     pub async fn prune_outbox(&self, age: Duration) -> Result<u64> {
-        let mut tx = self.begin().await?;
-        let mut sql = Sql::new("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ");
-        sql.bind(Value::Time(Some(now() - age)));
-        let n = tx.execute(&sql).await?;
-        tx.commit().await?;
-        Ok(n)
+        let before = now() - age;
+        let mut pruned = 0;
+        loop {
+            let mut tx = self.begin().await?;
+            let mut sql = Sql::new("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ");
+            sql.bind(Value::Time(Some(before))).push(&format!(" ORDER BY seq LIMIT {PRUNE_BATCH})"));
+            let n = tx.execute(&sql).await?;
+            tx.commit().await?;
+            pruned += n;
+            if n < PRUNE_BATCH {
+                return Ok(pruned);
+            }
+        }
     }
 
     /// Files a dead letter from the bus. The same dead letter delivered twice is filed once.
@@ -460,6 +472,9 @@ impl Store {
     }
 }
 
+/// Rows [`Store::prune_outbox`] deletes per transaction.
+const PRUNE_BATCH: u64 = 1_000;
+
 /// The suffix that locks selected rows, skipping rows another transaction holds.
 pub(crate) fn skip_locked(backend: crate::Backend) -> &'static str {
     match backend {
@@ -528,6 +543,7 @@ fn decode_dead_letter(row: &crate::db::Row) -> Result<DeadLetter> {
         status: row.get("status")?,
         resolved_at: row.time("resolved_at")?,
         resolved_by: row.get("resolved_by")?,
+        data_redacted: false,
     })
 }
 
