@@ -313,9 +313,9 @@ async fn oversized_uploads_are_refused_and_write_nothing(app: &TestApp) {
     expect_problem(post(app, "/api/v1/media", &huge).await, StatusCode::PAYLOAD_TOO_LARGE).await;
 }
 
-/// Answers `ReadFile` requests on the test's bus: the files are `files` (path, bytes); any other
-/// path is missing.
-async fn files_connector(app: &TestApp, files: Vec<(String, Vec<u8>)>) -> tokio::task::JoinHandle<()> {
+/// Answers `ReadFile` requests on the test's bus: `files` says what to answer for each path
+/// (the bytes, or a refusal); any other path is missing.
+async fn files_connector(app: &TestApp, files: Vec<(String, FileRead)>) -> tokio::task::JoinHandle<()> {
     let subscription = Subscription::new("connector.files.commands", Exchange::Commands, &["files.file.read"]);
     let mut subscriber = app.bus.subscribe(subscription).await.expect("subscribe");
     let bus = app.bus.clone();
@@ -323,7 +323,7 @@ async fn files_connector(app: &TestApp, files: Vec<(String, Vec<u8>)>) -> tokio:
         while let Some(delivery) = subscriber.next().await {
             let request: ReadFile = delivery.envelope.decode().expect("a ReadFile");
             let result = match files.iter().find(|(path, _)| *path == request.path) {
-                Some((_, bytes)) => FileRead::Found { content: Bytes(bytes.clone()) },
+                Some((_, answer)) => answer.clone(),
                 None => FileRead::NotFound,
             };
             let reply = Envelope::new(
@@ -356,6 +356,7 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
     let missing = upload_file("lost.png").await;
     let failed = upload_file("failed.png").await;
     let changed = upload_file("changed.png").await;
+    let refused = upload_file("refused.png").await;
     outbox(app).await;
     let hash: String = {
         use sha2::Digest as _;
@@ -363,7 +364,7 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
     };
     // A pending upload shows where its file goes and the hash of the bytes sent.
     let path_of = |media: &Value| media["nextcloud_path"].as_str().expect("a path").to_owned();
-    for media in [&found, &missing, &failed, &changed] {
+    for media in [&found, &missing, &failed, &changed, &refused] {
         assert_eq!(
             (media["status"].as_str(), media["sha256"].as_str(), media["size"].as_u64()),
             (Some("pending"), Some(hash.as_str()), Some(1000))
@@ -372,7 +373,7 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
         assert!(path_of(media).starts_with(&folder), "{media:#}");
     }
     let store = &app.db.store;
-    for media in [&found, &missing, &changed] {
+    for media in [&found, &missing, &changed, &refused] {
         let stored = FileStored::Stored { path: path_of(media), size: 1000, sha256: hash.clone() };
         store.record_file_result(id(media).parse().expect("uuid"), stored).await.expect("record file result");
     }
@@ -391,7 +392,13 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
     // The connector answers: the bytes, typed and named, with their hash as ETag.
     // `changed`'s file has other bytes now than when it was stored.
     let other_bytes: Vec<u8> = bytes.iter().rev().copied().collect();
-    let connector = files_connector(app, vec![(path_of(&found), bytes.clone()), (path_of(&changed), other_bytes)]).await;
+    let found_bytes = |bytes: Vec<u8>| FileRead::Found { content: Bytes(bytes) };
+    let refusal = FileRead::Failed { reason: format!("'{}' is a folder", path_of(&refused)) };
+    let connector = files_connector(
+        app,
+        vec![(path_of(&found), found_bytes(bytes.clone())), (path_of(&changed), found_bytes(other_bytes)), (path_of(&refused), refusal)],
+    )
+    .await;
     let response = get(app, &format!("/api/v1/media/{}/content", id(&found))).await;
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
@@ -418,6 +425,12 @@ async fn stored_content_comes_from_the_files_connector(app: &TestApp) {
 
     // The file store does not have it.
     expect_problem(get(app, &format!("/api/v1/media/{}/content", id(&missing))).await, StatusCode::NOT_FOUND).await;
+
+    // The file store refuses for good: 502 with its reason, and no Retry-After.
+    let response = get(app, &format!("/api/v1/media/{}/content", id(&refused))).await;
+    assert_eq!(header_value(response.headers(), "retry-after"), None);
+    let problem = expect_problem(response, StatusCode::BAD_GATEWAY).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("is a folder")), "{problem:#}");
 
     // The connector stops answering: 503 after the configured wait.
     connector.abort();

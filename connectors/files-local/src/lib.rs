@@ -165,22 +165,25 @@ impl Connector for FilesLocal {
 
     async fn init(&self, _hub: &crm_connector::Hub) -> anyhow::Result<()> {
         let root = self.root.clone();
-        match tokio::task::spawn_blocking(move || store::remove_stale_temps(&root, STALE_TEMP_AGE)).await? {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "removed temporary files left by an earlier crash"),
-            Err(err) => tracing::warn!(error = %err, "could not look for stale temporary files"),
+        let cleanup = tokio::task::spawn_blocking(move || store::remove_stale_temps(&root, STALE_TEMP_AGE)).await?;
+        if cleanup.removed > 0 {
+            tracing::info!(removed = cleanup.removed, "removed temporary files left by an earlier crash");
+        }
+        for error in &cleanup.errors {
+            tracing::warn!(%error, "could not look at or remove a stale temporary file");
         }
         tracing::info!(data_dir = %self.root.path().display(), max_file_bytes = self.max_file_bytes, "serving files");
         Ok(())
     }
 
     async fn health(&self) -> Health {
+        // The detail goes to everyone who may list connectors: it names the data directory's
+        // trouble, not its place on the server (the log has that).
         let root = self.root.path().to_owned();
-        let checked = root.clone();
-        match tokio::task::spawn_blocking(move || std::fs::metadata(checked)).await {
+        match tokio::task::spawn_blocking(move || std::fs::metadata(root)).await {
             Ok(Ok(metadata)) if metadata.is_dir() => {}
-            Ok(Ok(_)) => return Health::degraded(format!("{} is not a directory", root.display())),
-            Ok(Err(err)) => return Health::degraded(format!("{}: {err}", root.display())),
+            Ok(Ok(_)) => return Health::degraded("the data directory is not a directory"),
+            Ok(Err(err)) => return Health::degraded(format!("the data directory cannot be reached: {err}")),
             Err(err) => return Health::degraded(format!("health check failed: {err}")),
         }
         match self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
@@ -199,5 +202,27 @@ impl Connector for FilesLocal {
         } else {
             Err(command.unsupported())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crm_connector::message::ConnectorState;
+
+    /// The health detail goes to everyone who may list connectors: it says what is wrong with
+    /// the data directory without naming where it is on the server.
+    #[tokio::test]
+    async fn health_names_the_data_directorys_trouble_not_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("files");
+        let connector = FilesLocal::new(FilesLocalConfig { data_dir: data.clone(), max_file_bytes: 10 }).unwrap();
+        assert_eq!(connector.health().await.state, ConnectorState::Ready);
+        std::fs::remove_dir_all(&data).unwrap();
+        let health = connector.health().await;
+        assert_eq!(health.state, ConnectorState::Degraded);
+        let detail = health.detail.expect("a detail");
+        assert!(detail.contains("data directory"), "{detail}");
+        assert!(!detail.contains(&dir.path().display().to_string()), "{detail}");
     }
 }

@@ -219,29 +219,55 @@ fn same_content(path: &Path, content: &[u8]) -> io::Result<bool> {
     }
 }
 
+/// What [`remove_stale_temps`] did.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    /// Temporary files removed.
+    pub removed: usize,
+    /// What could not be looked at or removed (path: error); the rest was cleaned regardless.
+    pub errors: Vec<String>,
+}
+
 /// Removes the connector's temporary files older than `age` anywhere under the root (left by a
 /// crash between writing and placing a file); younger ones may belong to a write in progress.
-/// Returns how many were removed.
-pub fn remove_stale_temps(root: &Root, age: std::time::Duration) -> io::Result<usize> {
+/// A folder or file that fails is noted and passed over, so one bad entry never keeps the
+/// others.
+pub fn remove_stale_temps(root: &Root, age: std::time::Duration) -> Cleanup {
+    remove_stale_temps_with(root, age, |path| fs::remove_file(path))
+}
+
+fn remove_stale_temps_with(root: &Root, age: std::time::Duration, remove: impl Fn(&Path) -> io::Result<()>) -> Cleanup {
     let now = std::time::SystemTime::now();
-    let mut removed = 0;
+    let mut cleanup = Cleanup::default();
     let mut folders = vec![root.path().to_owned()];
     while let Some(folder) = folders.pop() {
-        for entry in fs::read_dir(&folder)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                folders.push(entry.path());
-            } else if kind.is_file() && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-                let modified = entry.metadata()?.modified()?;
-                if now.duration_since(modified).is_ok_and(|elapsed| elapsed >= age) {
-                    fs::remove_file(entry.path())?;
-                    removed += 1;
+        let entries = match fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(err) => {
+                cleanup.errors.push(format!("{}: {err}", folder.display()));
+                continue;
+            }
+        };
+        for entry in entries {
+            let visited = entry.and_then(|entry| {
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    folders.push(entry.path());
+                } else if kind.is_file() && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    let modified = entry.metadata()?.modified()?;
+                    if now.duration_since(modified).is_ok_and(|elapsed| elapsed >= age) {
+                        remove(&entry.path()).map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", entry.path().display())))?;
+                        cleanup.removed += 1;
+                    }
                 }
+                Ok(())
+            });
+            if let Err(err) = visited {
+                cleanup.errors.push(err.to_string());
             }
         }
     }
-    Ok(removed)
+    cleanup
 }
 
 /// What a read found.
@@ -374,10 +400,31 @@ mod tests {
         store(&root, &path("a/b/keep.txt"), b"x", false).unwrap();
         fs::write(root.path().join("a/b/.crm-tmp-1"), b"half").unwrap();
         fs::write(root.path().join("a/.crm-tmp-2"), b"half").unwrap();
-        assert_eq!(remove_stale_temps(&root, std::time::Duration::from_secs(3600)).unwrap(), 0, "young ones stay");
-        assert_eq!(remove_stale_temps(&root, std::time::Duration::ZERO).unwrap(), 2);
+        let young = remove_stale_temps(&root, std::time::Duration::from_secs(3600));
+        assert_eq!((young.removed, young.errors.len()), (0, 0), "young ones stay");
+        let stale = remove_stale_temps(&root, std::time::Duration::ZERO);
+        assert_eq!((stale.removed, stale.errors.len()), (2, 0));
         assert!(root.path().join("a/b/keep.txt").exists());
         assert!(!root.path().join("a/b/.crm-tmp-1").exists());
+    }
+
+    #[test]
+    fn one_temporary_file_that_cannot_be_removed_keeps_no_other() {
+        let (_dir, root) = setup();
+        for name in ["a/.crm-tmp-1", "a/.crm-tmp-2", "b/.crm-tmp-3", ".crm-tmp-4"] {
+            fs::create_dir_all(root.path().join(name).parent().unwrap()).unwrap();
+            fs::write(root.path().join(name), b"half").unwrap();
+        }
+        let stuck = root.path().join("a/.crm-tmp-1");
+        let cleanup = remove_stale_temps_with(&root, std::time::Duration::ZERO, |path| {
+            if path == stuck { Err(io::Error::new(io::ErrorKind::PermissionDenied, "stuck")) } else { fs::remove_file(path) }
+        });
+        assert_eq!(cleanup.removed, 3);
+        assert_eq!(cleanup.errors.len(), 1, "{:?}", cleanup.errors);
+        assert!(cleanup.errors[0].contains(".crm-tmp-1") && cleanup.errors[0].contains("stuck"), "{:?}", cleanup.errors);
+        let left: Vec<bool> =
+            ["a/.crm-tmp-1", "a/.crm-tmp-2", "b/.crm-tmp-3", ".crm-tmp-4"].iter().map(|n| root.path().join(n).exists()).collect();
+        assert_eq!(left, [true, false, false, false]);
     }
 
     fn no_hard_links(_: &Path, _: &Path) -> io::Result<()> {

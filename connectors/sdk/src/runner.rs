@@ -13,7 +13,7 @@
 
 use crate::connector::{Command, Connector, HandlerError, Health, Hub, Outcome};
 use crate::instance::default_instance;
-use crate::publisher::{Backoff, Publisher, retry_while_unreachable};
+use crate::publisher::{Backoff, PublishError, Publisher, retry_while_unreachable};
 use anyhow::Context as _;
 use crm_bus::message::{ConnectorState, Heartbeat};
 use crm_bus::message::{command_group, core_events};
@@ -391,6 +391,9 @@ async fn settle<C: Connector>(connector: &C, hub: &Hub, stop: &CancellationToken
         None => None,
     };
     if let Err(err) = hub.publisher().publish_all(&events).await {
+        if let PublishError::Invalid(detail) = &err {
+            return undeliverable_outcome(delivery, detail).await;
+        }
         tracing::warn!(error = %err, "events not published; requeueing the command");
         log_settle("requeue", delivery.requeue().await);
         return;
@@ -398,12 +401,24 @@ async fn settle<C: Connector>(connector: &C, hub: &Hub, stop: &CancellationToken
     if let Some(reply) = reply
         && let Err(err) = send_reply(hub, stop, &delivery, &reply).await
     {
+        if let BusError::Invalid(detail) = &err {
+            return undeliverable_outcome(delivery, detail).await;
+        }
         tracing::warn!(error = %err, "reply not sent; requeueing the request");
         log_settle("requeue", delivery.requeue().await);
         return;
     }
     tracing::debug!(events = events.len(), "command done");
     log_settle("ack", delivery.ack().await);
+}
+
+/// The command was handled, but the bus refuses what it produced for good (an event or reply
+/// larger than a message may be): giving the command back would only do it again, in a loop, so
+/// it is dead-lettered with the reason for ops.
+async fn undeliverable_outcome(delivery: Delivery, detail: &str) {
+    let reason = format!("handled, but the bus refuses its outcome: {detail}");
+    tracing::error!(reason = %reason, "outcome cannot be published; dead-lettering the command");
+    log_settle("dead-letter", delivery.dead_letter(&reason).await);
 }
 
 /// Answers a request, retrying while the bus is unreachable.

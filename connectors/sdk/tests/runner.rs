@@ -20,6 +20,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+/// The size of what `huge` commands produce: over [`small_bus`]'s message limit.
+const HUGE: usize = 8_000;
+
 /// Generous: conditions are awaited, never assumed after a sleep.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -60,7 +63,10 @@ impl Connector for Echo {
     async fn handle(&self, command: Command<'_>) -> Result<Outcome, HandlerError> {
         if command.is::<ReadFile>() {
             let read: ReadFile = command.decode()?;
-            return Ok(Outcome::reply(command.event(&FileContent { path: read.path, result: FileRead::NotFound })));
+            self.0.started_count.fetch_add(1, Ordering::SeqCst);
+            let result =
+                if read.path == "huge" { FileRead::Found { content: crm_bus::message::Bytes(vec![7; HUGE]) } } else { FileRead::NotFound };
+            return Ok(Outcome::reply(command.event(&FileContent { path: read.path, result })));
         }
         let send: SendMessage = command.decode()?;
         self.0.started.lock().unwrap().entry(send.entry_id).and_modify(|n| *n += 1).or_insert(1);
@@ -80,7 +86,7 @@ impl Connector for Echo {
             entry_id: Some(send.entry_id),
             channel_message_id: Some(format!("sms-{}", send.entry_id)),
             status: DeliveryState::Sent,
-            reason: None,
+            reason: (send.body == "huge").then(|| "x".repeat(HUGE)),
             occurred_at: chrono::Utc::now(),
         })))
     }
@@ -88,6 +94,15 @@ impl Connector for Echo {
 
 fn bus() -> Bus {
     Bus::in_process(BusConfig { retry: RetryPolicy { max_attempts: 3, backoff: vec![Duration::from_millis(20)] }, ..BusConfig::default() })
+}
+
+/// A bus whose messages may be at most 4,000 bytes.
+fn small_bus() -> Bus {
+    Bus::in_process(BusConfig {
+        retry: RetryPolicy { max_attempts: 3, backoff: vec![Duration::from_millis(20)] },
+        max_message_bytes: 4_000,
+        ..BusConfig::default()
+    })
 }
 
 fn settings() -> RunSettings {
@@ -238,6 +253,50 @@ async fn transient_failures_retry_and_permanent_ones_are_dead_lettered() {
     let delivery = next(&mut statuses).await;
     assert_eq!(delivery.envelope.decode::<DeliveryStatus>().unwrap().entry_id, Some(after));
     delivery.ack().await.unwrap();
+
+    token.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// A command handled whose event or reply the bus refuses for good (larger than a message may
+/// be) is dead-lettered with the reason, once: given back, it would be handled again and again.
+#[tokio::test]
+async fn an_outcome_the_bus_refuses_dead_letters_its_command_instead_of_looping() {
+    let bus = small_bus();
+    let mut statuses = events(&bus, "core.test", &["sms.message.status"]).await;
+    let mut dead = bus.dead_letters().await.unwrap();
+    let token = CancellationToken::new();
+    let echo = Echo::default();
+    let task = crm_connector::spawn_with(echo.clone(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(settings()));
+    wait_ready(&bus).await;
+
+    let (huge, command) = send("huge", "r1");
+    bus.publish(&command).await.unwrap();
+    let letter = next(&mut dead).await;
+    assert_eq!(letter.envelope.id, command.id);
+    let reason = letter.dead.clone().expect("dead-letter info").reason;
+    assert!(reason.contains("the bus refuses its outcome"), "{reason}");
+    letter.ack().await.unwrap();
+    assert_eq!(echo.0.started.lock().unwrap()[&huge], 1, "handled once");
+
+    let request = Envelope::new("/crm/core", &ReadFile { path: "huge".into() }, Trace::new("req-huge"));
+    let asked = tokio::spawn({
+        let (bus, request) = (bus.clone(), request.clone());
+        async move { bus.request(&request, WAIT).await }
+    });
+    let letter = next(&mut dead).await;
+    assert_eq!(letter.envelope.id, request.id);
+    assert!(letter.dead.clone().expect("dead-letter info").reason.contains("the bus refuses its outcome"));
+    letter.ack().await.unwrap();
+    asked.abort();
+
+    // Still working, and nothing was handled again.
+    let (after, command) = send("hello", "r2");
+    bus.publish(&command).await.unwrap();
+    let delivery = next(&mut statuses).await;
+    assert_eq!(delivery.envelope.decode::<DeliveryStatus>().unwrap().entry_id, Some(after));
+    delivery.ack().await.unwrap();
+    assert_eq!(echo.0.started_count.load(Ordering::SeqCst), 3, "the huge command, the huge read, the one after");
 
     token.cancel();
     task.await.unwrap().unwrap();

@@ -74,6 +74,9 @@ pub enum ApiError {
     /// was stored.
     #[error("{0}")]
     PluginUnavailable(String),
+    /// A connector answered with a refusal that trying again will not change: 502.
+    #[error("{0}")]
+    ConnectorRefused(String),
     /// A connector (or the bus to it) does not answer: 503 with `Retry-After`.
     #[error("{detail}")]
     ConnectorUnavailable {
@@ -125,6 +128,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ConnectorRefused(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) | ApiError::ConnectorUnavailable { .. } | ApiError::PluginUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -171,6 +175,7 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 ("unavailable", "Service unavailable", "the database cannot be reached; try again shortly".into(), vec![])
             }
+            ApiError::ConnectorRefused(detail) => ("connector-refused", "Connector refused", detail.clone(), vec![]),
             ApiError::ConnectorUnavailable { detail, .. } => ("connector-unavailable", "Connector unavailable", detail.clone(), vec![]),
             ApiError::PluginUnavailable(detail) => ("plugin-unavailable", "Rule plugin unavailable", detail.clone(), vec![]),
         };

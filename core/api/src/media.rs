@@ -386,10 +386,8 @@ async fn content(State(state): State<AppState>, ctx: Ctx, Id(id): Id, request_id
         FileRead::Found { content } => content.0,
         FileRead::NotFound => return Err(ApiError::NotFound(format!("the file store has no file at {path}"))),
         FileRead::Failed { reason } => {
-            return Err(ApiError::ConnectorUnavailable {
-                detail: format!("the files connector could not read the file: {reason}"),
-                retry_after: RETRY_AFTER,
-            });
+            tracing::warn!(media_id = %id, path = %path, %reason, "the files connector refuses to read a stored file");
+            return Err(ApiError::ConnectorRefused(format!("the files connector refuses to read the file: {reason}")));
         }
     };
     let hash = sha256_hex(&bytes);

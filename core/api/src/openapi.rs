@@ -414,7 +414,8 @@ fn describe_comms(paths: PathsBuilder, schemas: &mut Vec<(String, RefOr<Schema>)
                 )
                 .response("304", ResponseBuilder::new().description("Not modified (If-None-Match)"))
                 .response("404", problem("No such media file, or the file store does not have it"))
-                .response("409", problem("The file is not stored (pending, failed, or only metadata)"))
+                .response("409", problem("The file is not stored (pending, failed, or only metadata), or the store's bytes are not the ones stored"))
+                .response("502", problem("The files connector refuses to read the file; trying again will not help"))
                 .response("503", problem("The files connector does not answer; see Retry-After"))),
         )
 }

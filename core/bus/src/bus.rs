@@ -7,6 +7,9 @@ use crate::subscription::{QueueStats, Subscriber, Subscription};
 use crate::{AmqpBus, BusError, InProcessBus};
 use std::time::Duration;
 
+/// The longest envelope id: an AMQP `message-id` is a short string.
+const MAX_ID_BYTES: usize = 255;
+
 /// A handle to the bus; cheap to clone, all clones share one connection (or one in-process
 /// broker).
 #[derive(Debug, Clone)]
@@ -60,7 +63,7 @@ impl Bus {
     /// binds is [`BusError::Rejected`]; a message larger than [`BusConfig::max_message_bytes`]
     /// is [`BusError::Invalid`] (so are oversized requests, replies and replays).
     pub async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
-        self.check_size(envelope)?;
+        self.check_publishable(envelope)?;
         match self {
             Bus::InProcess(bus) => bus.publish(envelope).await,
             Bus::Amqp(bus) => bus.publish(envelope).await,
@@ -72,7 +75,7 @@ impl Bus {
     /// when each message's fate matters (the outbox relay marks each row by it). Order is kept
     /// among the batch's commands and among its events.
     pub async fn publish_each(&self, envelopes: &[Envelope]) -> Vec<Result<(), BusError>> {
-        let sizes: Vec<Result<(), BusError>> = envelopes.iter().map(|envelope| self.check_size(envelope)).collect();
+        let sizes: Vec<Result<(), BusError>> = envelopes.iter().map(|envelope| self.check_publishable(envelope)).collect();
         if sizes.iter().all(Result::is_ok) {
             return self.publish_checked(envelopes).await;
         }
@@ -91,12 +94,16 @@ impl Bus {
         }
     }
 
-    /// Refuses a message whose data is larger than [`BusConfig::max_message_bytes`]: the broker
-    /// would close the channel on it, and every retry would fail the same way.
-    fn check_size(&self, envelope: &Envelope) -> Result<(), BusError> {
+    /// Refuses, on either transport, a message RabbitMQ cannot take: data larger than
+    /// [`BusConfig::max_message_bytes`] (the broker would close the channel on it, and every
+    /// retry would fail the same way), or an id longer than an AMQP `message-id` (255 bytes).
+    fn check_publishable(&self, envelope: &Envelope) -> Result<(), BusError> {
         let (size, max) = (envelope.data.len(), self.config().max_message_bytes);
         if size > max {
             return Err(BusError::Invalid(format!("a message of {size} bytes is larger than the bus takes ({max} bytes)")));
+        }
+        if envelope.id.len() > MAX_ID_BYTES {
+            return Err(BusError::Invalid(format!("a message id of {} bytes is longer than {MAX_ID_BYTES}", envelope.id.len())));
         }
         Ok(())
     }
@@ -129,7 +136,7 @@ impl Bus {
     /// Publishes a command and waits up to `timeout` for the one reply
     /// ([`Bus::reply`]). A command no group binds is [`BusError::Rejected`] at once.
     pub async fn request(&self, envelope: &Envelope, timeout: Duration) -> Result<Envelope, BusError> {
-        self.check_size(envelope)?;
+        self.check_publishable(envelope)?;
         match self {
             Bus::InProcess(bus) => bus.request(envelope, timeout).await,
             Bus::Amqp(bus) => bus.request(envelope, timeout).await,
@@ -142,7 +149,7 @@ impl Bus {
         let (Some(reply_to), correlation_id) = (to.reply_to.as_deref(), to.correlation_id.as_deref()) else {
             return Err(BusError::Invalid(format!("delivery {} is not a request", to.envelope.id)));
         };
-        self.check_size(reply)?;
+        self.check_publishable(reply)?;
         match self {
             Bus::InProcess(bus) => bus.reply(reply_to, reply),
             Bus::Amqp(bus) => bus.reply(reply_to, correlation_id, reply).await,
@@ -161,7 +168,7 @@ impl Bus {
     /// Puts `envelope` straight into `group`'s queue as a first attempt (the default exchange on
     /// RabbitMQ), confirmed. [`BusError::Invalid`] when the group has no queue.
     pub async fn replay(&self, group: &str, envelope: &Envelope) -> Result<(), BusError> {
-        self.check_size(envelope)?;
+        self.check_publishable(envelope)?;
         match self {
             Bus::InProcess(bus) => bus.replay(group, envelope).await,
             Bus::Amqp(bus) => bus.replay(group, envelope).await,
@@ -264,6 +271,26 @@ mod tests {
         bus.close().await;
         assert!(subscriber.next().await.is_none(), "nothing after close");
         assert!(first.ack().await.is_err(), "a delivery of a closed bus cannot be settled");
+    }
+
+    /// An id too long for an AMQP `message-id` is refused in-process too, so that what works on
+    /// one transport works on the other.
+    #[tokio::test]
+    async fn ids_longer_than_amqp_takes_are_refused_on_both_transports() {
+        let bus = Bus::in_process(BusConfig::default());
+        let _subscriber = bus.subscribe(Subscription::new("ids", crate::Exchange::Events, &["#"])).await.unwrap();
+        let mut envelope = Envelope::new(
+            "/test",
+            &crate::message::FileContent { path: "x".into(), result: crate::message::FileRead::NotFound },
+            crate::Trace::default(),
+        );
+        envelope.exchange = crate::Exchange::Events;
+        envelope.routing_key = "test.id".into();
+        envelope.id = "i".repeat(255);
+        bus.publish(&envelope).await.expect("255 bytes fit");
+        envelope.id = "i".repeat(256);
+        assert!(matches!(bus.publish(&envelope).await, Err(BusError::Invalid(why)) if why.contains("256 bytes")));
+        bus.close().await;
     }
 
     /// A message over the limit is refused on its own; the others of its batch go out in order.

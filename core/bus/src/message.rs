@@ -544,7 +544,9 @@ pub enum FileRead {
     },
     /// No file there.
     NotFound,
-    /// Reading failed.
+    /// Refused for good: a folder, not a regular file, over the connector's size cap, an
+    /// unusable path. (A failure that may pass gets no answer: the connector tries again, and
+    /// the caller's wait ends first.)
     Failed {
         /// Why.
         reason: String,

@@ -678,10 +678,28 @@ pub fn stored_file_name(prefix: &str, filename: &str) -> String {
         filename.chars().map(|c| if c.is_control() || is_invisible_format(c) || NOT_PORTABLE.contains(&c) { '_' } else { c }).collect();
     let portable = portable.trim_end_matches(['.', ' ']);
     let portable = if portable.is_empty() { "_" } else { portable };
-    let budget = MAX_FILENAME_BYTES.saturating_sub(prefix.len() + 1);
-    let (stem, extension) = match portable.rfind('.') {
-        Some(dot) if dot > 0 && portable.len() - dot <= MAX_EXTENSION_BYTES && portable.len() - dot < budget => portable.split_at(dot),
-        _ => (portable, ""),
+    format!("{prefix}-{}", shorten(portable, MAX_FILENAME_BYTES.saturating_sub(prefix.len() + 1)))
+}
+
+/// The name of a file received on a channel (an e-mail attachment), made a safe file name
+/// ([`safe_filename`]) rather than refused: separators and control characters become `_`,
+/// invisible formatting characters go, and a name too long is shortened on a character
+/// boundary, keeping its extension. `fallback` when nothing is left of it.
+pub fn received_filename(name: &str, fallback: &str) -> String {
+    let plain: String = strip_invisible(name).chars().map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c }).collect();
+    let plain = plain.trim();
+    if plain.is_empty() || plain == "." || plain == ".." {
+        return fallback.to_owned();
+    }
+    shorten(plain, MAX_FILENAME_BYTES)
+}
+
+/// `name` cut to at most `budget` bytes on a character boundary, keeping its extension (up to
+/// [`MAX_EXTENSION_BYTES`]) when it has one; no trailing dot or space where the cut made one.
+fn shorten(name: &str, budget: usize) -> String {
+    let (stem, extension) = match name.rfind('.') {
+        Some(dot) if dot > 0 && name.len() - dot <= MAX_EXTENSION_BYTES && name.len() - dot < budget => name.split_at(dot),
+        _ => (name, ""),
     };
     let mut end = stem.len().min(budget - extension.len());
     while !stem.is_char_boundary(end) {
@@ -689,7 +707,7 @@ pub fn stored_file_name(prefix: &str, filename: &str) -> String {
     }
     let stem = &stem[..end];
     let stem = if extension.is_empty() { stem.trim_end_matches(['.', ' ']) } else { stem };
-    format!("{prefix}-{stem}{extension}")
+    format!("{stem}{extension}")
 }
 
 /// A MIME type of the form `type/subtype` (parameters allowed).
@@ -800,5 +818,20 @@ mod tests {
         assert_eq!(name, format!("{id}-{}", "a".repeat(217)));
         let long_extension = format!("report.{}", "x".repeat(300));
         assert_eq!(stored_file_name("5", &long_extension).len(), MAX_FILENAME_BYTES);
+    }
+
+    #[test]
+    fn received_file_names_are_made_safe_not_refused() {
+        assert_eq!(received_filename("Προσφορά 2026.pdf", "attachment-1"), "Προσφορά 2026.pdf");
+        assert_eq!(received_filename(r"C:\Users\papas\σχέδιο.dwg", "attachment-1"), "C:_Users_papas_σχέδιο.dwg");
+        assert_eq!(received_filename("a/b\tc.txt\u{202E}", "attachment-1"), "a_b_c.txt");
+        assert_eq!(received_filename("  ..  ", "attachment-2"), "attachment-2");
+        assert_eq!(received_filename("\u{200B}", "attachment-3"), "attachment-3");
+        // Too long: cut on a character boundary, the extension kept.
+        for letter in ["a", "λ", "€", "😀"] {
+            let name = received_filename(&format!("{}.pdf", letter.repeat(300)), "attachment-1");
+            assert!(name.len() <= MAX_FILENAME_BYTES && name.ends_with(".pdf") && name.starts_with(letter), "{letter}: {name}");
+            assert_eq!(safe_filename(&name), Ok(name.clone()));
+        }
     }
 }

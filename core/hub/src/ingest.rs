@@ -19,7 +19,7 @@ use crm_bus::message::{
 use crm_bus::{Bus, Delivery, Envelope, Message, Subscriber, Trace};
 use crm_domain::comms::{
     AddressKind, Attachment, ChannelAddress, CommsEntry, CommsType, DeliveryStatus, Direction, MatchInfo, Media, MediaDirection,
-    MediaStatus, Triage, safe_filename,
+    MediaStatus, Triage, received_filename,
 };
 use crm_domain::customer::Customer;
 use crm_domain::matching::Matcher;
@@ -291,8 +291,7 @@ impl Ingest {
         let mut attachments = Vec::with_capacity(m.attachments.len());
         let mut files = Vec::new();
         for (index, attachment) in m.attachments.into_iter().enumerate() {
-            let filename = safe_filename(&crm_domain::comms::strip_invisible(&attachment.filename))
-                .unwrap_or_else(|_| format!("attachment-{}", index + 1));
+            let filename = received_filename(&attachment.filename, &format!("attachment-{}", index + 1));
             let mut kept = Attachment {
                 filename,
                 mime_type: attachment.mime_type.clone(),
