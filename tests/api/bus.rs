@@ -348,8 +348,12 @@ async fn dead_letter_data_only_for_those_who_reach_every_customer(app: &TestApp)
     // Core's queue, for the replays to land in.
     let _queue = app.bus.subscribe(Subscription::new("core.events", Exchange::Events, &["*.message.received"])).await.expect("subscribe");
     let email = received_email("papas@example.gr", "Η καμπάνα του Αγίου Νικολάου");
-    let letter = file_dead_letter(&app.db.store, "core.events", &email, "no customer field").await;
-    let other = file_dead_letter(&app.db.store, "core.events", &received_email("b@example.gr", "x"), "x").await;
+    let letter = file_dead_letter(&app.db.store, "core.events", &email, "SMTP 550: refused papas@example.gr").await;
+    // A message whose CloudEvents subject is a customer's file.
+    let read_file =
+        Envelope::new("/crm/core", &crm_bus::message::ReadFile { path: "customers/x/media/σχέδιο.pdf".into() }, Trace::new("r"));
+    assert_eq!(read_file.subject.as_deref(), Some("customers/x/media/σχέδιο.pdf"));
+    let other = file_dead_letter(&app.db.store, "core.events", &read_file, "no files connector").await;
     let key = |scopes: &[&'static str]| {
         let scopes = scopes.to_vec();
         async move {
@@ -367,16 +371,24 @@ async fn dead_letter_data_only_for_those_who_reach_every_customer(app: &TestApp)
     };
     let one = format!("/api/v1/bus/dead-letters/{letter}");
 
-    // Without the data, and saying so; the rest of the envelope and the reason stay.
+    // Without the data, subject and reason, and saying so; the rest of the envelope stays.
     for shown in [read(&monitor, one.clone()).await, read(&monitor, "/api/v1/bus/dead-letters".into()).await["items"][1].clone()] {
         assert_eq!((&shown["id"], &shown["data_redacted"]), (&json!(letter.to_string()), &json!(true)), "{shown:#}");
         assert!(shown["envelope"].get("data").is_none() && shown["envelope"].get("data_base64").is_none(), "{shown:#}");
-        assert_eq!((&shown["envelope"]["id"], &shown["reason"]), (&json!(email.id), &json!("no customer field")));
-        assert!(!shown.to_string().contains("καμπάνα") && !shown.to_string().contains("papas@"), "{shown:#}");
+        assert!(shown["envelope"].get("subject").is_none(), "{shown:#}");
+        assert_eq!((&shown["envelope"]["id"], &shown["consumer"]), (&json!(email.id), &json!("core.events")));
+        for secret in ["καμπάνα", "papas@", "refused papas"] {
+            assert!(!shown.to_string().contains(secret), "{secret}: {shown:#}");
+        }
     }
+    let shown = read(&monitor, format!("/api/v1/bus/dead-letters/{other}")).await;
+    assert!(shown["envelope"].get("subject").is_none() && !shown.to_string().contains("σχέδιο"), "{shown:#}");
     for client in [&viewer, &operator] {
         let shown = read(client, one.clone()).await;
         assert_eq!((&shown["data_redacted"], &shown["envelope"]), (&json!(false), &email.to_structured()));
+        assert_eq!(shown["reason"], "SMTP 550: refused papas@example.gr");
+        let shown = read(client, format!("/api/v1/bus/dead-letters/{other}")).await;
+        assert_eq!(shown["envelope"]["subject"], "customers/x/media/σχέδιο.pdf");
     }
 
     // New data only from those who may edit every customer; as it was, from the monitor.

@@ -239,14 +239,17 @@ async fn the_janitor_clears_what_is_kept_only_for_a_while(transport: Transport, 
     let instances = || async { store.connector_instances().await.unwrap().into_iter().map(|i| i.instance).collect::<Vec<_>>() };
     wait_until("the silent instance forgotten", WAIT, || async { instances().await == [fresh.instance.clone()] }).await;
     wait_until("the key pruned", WAIT, || async { store.created_with_key::<CommsEntry>(&key).await.unwrap().is_none() }).await;
-    // Once the email command is marked sent, a round of the janitor after a key written then
-    // (pruned too) has deleted it: nothing published is left for the test to prune.
+    // Once the email command is marked sent, a whole round of the janitor that started after
+    // that has deleted it. Rounds run one after another: the round that prunes a key written
+    // after the mark may have pruned the outbox before it, but the round that prunes a key
+    // written after the first key was seen pruned started later still.
     wait_until("the email command marked sent", WAIT, || async { store.outbox_backlog().await.unwrap().0 == 1 }).await;
-    let later = crm_store::IdempotencyKey { key: "send-2".into(), request: "digest".into() };
-    let later_id = Uuid::now_v7();
-    let entry = queued_outbound(customer.id, CommsType::Note, None, "σημείωση");
-    store.create_once_with_commands(&later, later_id, entry, &[]).await.expect("written");
-    wait_until("the later key pruned", WAIT, || async { store.created_with_key::<CommsEntry>(&later).await.unwrap().is_none() }).await;
+    for name in ["send-2", "send-3"] {
+        let later = crm_store::IdempotencyKey { key: name.into(), request: "digest".into() };
+        let entry = queued_outbound(customer.id, CommsType::Note, None, "σημείωση");
+        store.create_once_with_commands(&later, Uuid::now_v7(), entry, &[]).await.expect("written");
+        wait_until("a later key pruned", WAIT, || async { store.created_with_key::<CommsEntry>(&later).await.unwrap().is_none() }).await;
+    }
     assert_eq!(store.prune_outbox(chrono::Duration::zero()).await.unwrap(), 0, "the janitor deleted the published command");
     assert_eq!(store.outbox_backlog().await.unwrap().0, 1, "the unsent command stays");
     assert!(store.get::<CommsEntry>(entry_id, false).await.is_ok(), "records stay");

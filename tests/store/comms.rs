@@ -1212,8 +1212,10 @@ async fn file_results_update_media_and_attachment(db: &TestDb) {
     // any report is taken.
     let lone =
         store.create(Media { status: MediaStatus::Pending, nextcloud_path: None, ..media(Some(customer.id), "lone.jpg") }).await.unwrap();
-    let done = store.record_file_result(lone.id, stored.clone()).await.unwrap().unwrap();
+    let shouting = FileStored::Stored { path: "customers/x/1-a.jpg".into(), size: 3, sha256: sha256_hex(FILE).to_uppercase() };
+    let done = store.record_file_result(lone.id, shouting).await.unwrap().unwrap();
     assert_eq!(done.data.status, MediaStatus::Stored);
+    assert_eq!(done.data.sha256, Some(sha256_hex(FILE)), "kept in lower case, as downloads compare it");
 
     // Unknown and deleted media are ignored.
     assert!(store.record_file_result(Uuid::now_v7(), stored.clone()).await.unwrap().is_none());

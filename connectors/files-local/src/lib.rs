@@ -65,15 +65,19 @@ impl FilesLocal {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
     }
 
-    /// Runs a blocking file operation. An I/O failure that retrying cannot fix is a refusal
-    /// (`Ok(Err(reason))`); any other is transient (retried with backoff).
+    /// Runs a blocking file operation (`what`, e.g. "cannot store the file", on `path`). An I/O
+    /// failure that retrying cannot fix is a refusal (`Ok(Err(reason))`); any other is
+    /// transient (retried with backoff). The health detail keeps the failure without the path:
+    /// everyone who may list connectors sees it.
     async fn blocking<T: Send + 'static>(
         &self,
-        what: String,
+        what: &'static str,
+        path: &str,
         op: impl FnOnce(&Root) -> Result<T, FileError> + Send + 'static,
     ) -> Result<Result<T, String>, HandlerError> {
         let root = self.root.clone();
-        let result = tokio::task::spawn_blocking(move || op(&root)).await.map_err(|e| HandlerError::Transient(format!("{what}: {e}")))?;
+        let result =
+            tokio::task::spawn_blocking(move || op(&root)).await.map_err(|e| HandlerError::Transient(format!("{what} '{path}': {e}")))?;
         match result {
             Ok(value) => {
                 self.note(None);
@@ -81,8 +85,8 @@ impl FilesLocal {
             }
             Err(FileError::Refused(reason)) => Ok(Err(reason)),
             Err(FileError::Io(err)) => {
-                let reason = format!("{what}: {err}");
-                self.note(Some(reason.clone()));
+                let reason = format!("{what} '{path}': {err}");
+                self.note(Some(format!("{what}: {err}")));
                 if store::is_permanent(err.kind()) { Ok(Err(reason)) } else { Err(HandlerError::Transient(reason)) }
             }
         }
@@ -92,13 +96,12 @@ impl FilesLocal {
         let message: EnsureFolder = command.decode()?;
         let outcome = match RelativePath::parse(&message.path) {
             Err(err) => FileOutcome::Failed { reason: err.to_string() },
-            Ok(path) => match self
-                .blocking(format!("cannot create folder '{}'", message.path), move |root| store::ensure_folder(root, &path))
-                .await?
-            {
-                Ok(()) => FileOutcome::Stored { size: 0, sha256: String::new() },
-                Err(reason) => FileOutcome::Failed { reason },
-            },
+            Ok(path) => {
+                match self.blocking("cannot create the folder", &message.path, move |root| store::ensure_folder(root, &path)).await? {
+                    Ok(()) => FileOutcome::Stored { size: 0, sha256: String::new() },
+                    Err(reason) => FileOutcome::Failed { reason },
+                }
+            }
         };
         log_outcome(&message.path, &outcome);
         Ok(Outcome::event(command.event(&FileResult { media_id: None, path: message.path, outcome })))
@@ -116,8 +119,7 @@ impl FilesLocal {
                 Err(err) => FileOutcome::Failed { reason: err.to_string() },
                 Ok(path) => {
                     let bytes = content.0;
-                    match self.blocking(format!("cannot store '{shown}'"), move |root| store::store(root, &path, &bytes, overwrite)).await?
-                    {
+                    match self.blocking("cannot store the file", &shown, move |root| store::store(root, &path, &bytes, overwrite)).await? {
                         Ok(stored) => FileOutcome::Stored { size: stored.size, sha256: stored.sha256 },
                         Err(reason) => FileOutcome::Failed { reason },
                     }
@@ -134,7 +136,7 @@ impl FilesLocal {
             Err(err) => FileRead::Failed { reason: err.to_string() },
             Ok(path) => {
                 let cap = self.max_file_bytes;
-                match self.blocking(format!("cannot read '{}'", message.path), move |root| store::read(root, &path, cap)).await? {
+                match self.blocking("cannot read the file", &message.path, move |root| store::read(root, &path, cap)).await? {
                     Ok(ReadOutcome::Found(bytes)) => FileRead::Found { content: crm_connector::message::Bytes(bytes) },
                     Ok(ReadOutcome::NotFound) => FileRead::NotFound,
                     Err(reason) => FileRead::Failed { reason },
@@ -224,5 +226,12 @@ mod tests {
         let detail = health.detail.expect("a detail");
         assert!(detail.contains("data directory"), "{detail}");
         assert!(!detail.contains(&dir.path().display().to_string()), "{detail}");
+
+        // A failed file operation shows in the detail without the customer's path.
+        std::fs::create_dir_all(&data).unwrap();
+        let failure = || Err::<(), _>(FileError::Io(std::io::Error::other("disk on fire")));
+        let _ = connector.blocking("cannot store the file", "customers/x/media/σχέδιο.pdf", move |_| failure()).await;
+        let detail = connector.health().await.detail.expect("a detail");
+        assert!(detail.contains("cannot store the file: disk on fire") && !detail.contains("σχέδιο"), "{detail}");
     }
 }

@@ -201,7 +201,7 @@ async fn errors_retrying_cannot_fix_are_failed_results() {
         if std::fs::write(&probe, b"x").is_err() {
             let result = running.store("locked/a.txt", b"x", false).await;
             let reason = failed(&result);
-            assert!(reason.contains("cannot store 'locked/a.txt'") && reason.contains("ermission denied"), "{reason}");
+            assert!(reason.contains("cannot store the file 'locked/a.txt'") && reason.contains("ermission denied"), "{reason}");
         } else {
             std::fs::remove_file(&probe).unwrap();
         }
@@ -211,7 +211,7 @@ async fn errors_retrying_cannot_fix_are_failed_results() {
     std::fs::write(&running.data, b"a file where the data directory was").unwrap();
     let result = running.store("a/b.txt", b"x", false).await;
     let reason = failed(&result);
-    assert!(reason.contains("cannot store 'a/b.txt'") && reason.contains("ot a directory"), "{reason}");
+    assert!(reason.contains("cannot store the file 'a/b.txt'") && reason.contains("ot a directory"), "{reason}");
     running.stop().await;
 }
 

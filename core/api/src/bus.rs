@@ -263,14 +263,17 @@ fn on_every_customer(ctx: &Ctx, action: Action) -> bool {
     matches!(ctx.principal.require(Area::Customers, action), Ok(Scope::All))
 }
 
-/// `letter` as the caller may see it: without the message's data unless the caller may see
-/// every customer.
+/// `letter` as the caller may see it: unless the caller may see every customer, without the
+/// message's data and subject (a file's path) and with its reason hidden (a refused address, a
+/// file name, a panic's message may be in it).
 fn shown(ctx: &Ctx, mut letter: DeadLetter) -> DeadLetter {
     if !on_every_customer(ctx, Action::View) {
         if let Some(envelope) = letter.envelope.as_object_mut() {
-            envelope.remove("data");
-            envelope.remove("data_base64");
+            for member in ["data", "data_base64", "subject"] {
+                envelope.remove(member);
+            }
         }
+        letter.reason = "hidden: it may name a customer's address or file (needs customers:view on every customer)".into();
         letter.data_redacted = true;
     }
     letter

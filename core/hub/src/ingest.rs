@@ -614,13 +614,13 @@ enum Action {
     Heartbeat(Heartbeat),
 }
 
-/// An event the store refused for a reason waiting will not fix: retried with backoff, then
-/// dead-lettered by the bus.
 /// The delivery at `index`, taken out of `slots` to be settled (each is settled once).
 fn take(slots: &mut [Option<Delivery>], index: usize) -> Delivery {
     slots[index].take().expect("each delivery is settled once")
 }
 
+/// An event the store refused for a reason waiting will not fix: retried with backoff, then
+/// dead-lettered by the bus.
 async fn settle_failure(delivery: Delivery, reason: &str) {
     tracing::warn!(%reason, id = %delivery.envelope.id, "event failed; retrying later");
     metrics::counter!("ingest_events_total", "outcome" => "retried").increment(1);

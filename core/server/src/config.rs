@@ -231,6 +231,15 @@ impl Settings {
         if self.auth_access_token_minutes == 0 || self.auth_refresh_token_days == 0 {
             bail!("auth_access_token_minutes and auth_refresh_token_days must be at least 1");
         }
+        for (name, value) in [
+            ("keep_sent_commands_hours", self.keep_sent_commands_hours),
+            ("keep_idempotency_keys_hours", self.keep_idempotency_keys_hours),
+            ("keep_silent_connectors_days", self.keep_silent_connectors_days),
+        ] {
+            if value == 0 {
+                bail!("{name} must be at least 1 (0 would drop what it keeps at once)");
+            }
+        }
         if let Some(name) = self.embedded_connectors.iter().find(|n| !EMBEDDABLE_CONNECTORS.contains(&n.as_str())) {
             bail!(
                 "embedded_connectors: `{name}` is not a connector that runs inside crm serve (known: {})",
@@ -428,6 +437,26 @@ mod tests {
             assert_eq!(settings.store().url, "sqlite://./data/crm.db");
             assert_eq!(settings.store().backend().unwrap(), crm_store::Backend::Sqlite);
             assert_eq!(settings.bus().max_message_bytes, crm_bus::DEFAULT_MAX_MESSAGE_BYTES);
+            let days = |d: u64| std::time::Duration::from_secs(d * 24 * 3600);
+            let retention = crate::hub_config(&settings).map_err(|e| e.to_string())?.retention;
+            assert_eq!((retention.sent_commands, retention.idempotency_keys), (days(1), days(1)));
+            assert_eq!(retention.silent_connectors, days(7));
+            Ok(())
+        });
+    }
+
+    /// A retention of zero would drop what it keeps at once (idempotency gone, the connector
+    /// list emptied every hour): refused, by name.
+    #[test]
+    fn retentions_must_keep_something() {
+        Jail::expect_with(|jail| {
+            for name in ["KEEP_SENT_COMMANDS_HOURS", "KEEP_IDEMPOTENCY_KEYS_HOURS", "KEEP_SILENT_CONNECTORS_DAYS"] {
+                jail.set_env(format!("CRM_{name}"), "0");
+                let err = format!("{:#}", Settings::load(None).unwrap_err());
+                assert!(err.contains(&name.to_lowercase()), "{err}");
+                jail.set_env(format!("CRM_{name}"), "2");
+            }
+            Settings::load(None).map_err(|e| e.to_string())?;
             Ok(())
         });
     }

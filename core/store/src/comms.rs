@@ -633,8 +633,9 @@ impl Store {
             FileStored::Stored { path, size, sha256 } => {
                 media.status = MediaStatus::Stored;
                 media.nextcloud_path = Some(path.clone());
-                media.size = Some(*size);
-                media.sha256 = Some(sha256.clone());
+                // What the record sent is what it knows best; the report fills in the rest.
+                media.size = media.size.or(Some(*size));
+                media.sha256 = Some(media.sha256.take().unwrap_or_else(|| sha256.to_ascii_lowercase()));
                 media.status_reason = None;
             }
             FileStored::Failed { reason, .. } => {

@@ -87,11 +87,11 @@ pub struct DeadLetter {
     pub event_type: String,
     /// Its routing key.
     pub routing_key: String,
-    /// The whole message (CloudEvents structured JSON); without its `data` when
+    /// The whole message (CloudEvents structured JSON); without its `data` and `subject` when
     /// `data_redacted`.
     pub envelope: serde_json::Value,
-    /// Whether the message's data was left out: it may hold any customer's messages, addresses
-    /// and files, and the caller may not see every customer.
+    /// Whether the message's data, subject and reason were left out: they may hold any
+    /// customer's messages, addresses and files, and the caller may not see every customer.
     pub data_redacted: bool,
     /// Why it was given up on.
     pub reason: String,
