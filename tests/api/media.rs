@@ -21,7 +21,19 @@ crm_tests::configured_api_on_both_backends!(
     stored_content_comes_from_the_files_connector => small_uploads,
     agents_reach_their_customers_files => small_uploads,
     a_retried_upload_with_its_key_is_stored_once => small_uploads,
+    file_transfers_take_turns => one_transfer_at_a_time,
 );
+
+/// One turn, a short wait for it, and a read timeout far beyond the test: the download holding
+/// the turn is answered only when the test says so.
+fn one_transfer_at_a_time() -> crm_api::ApiConfig {
+    crm_api::ApiConfig {
+        max_file_transfers: 1,
+        file_transfer_wait: Duration::from_millis(300),
+        file_read_timeout: Duration::from_secs(60),
+        ..small_uploads()
+    }
+}
 
 /// The upload cap of these tests.
 const CAP: usize = 4096;
@@ -522,4 +534,67 @@ async fn a_retried_upload_with_its_key_is_stored_once(app: &TestApp) {
     assert_eq!(pointers(&problem), ["/Idempotency-Key"], "{problem:#}");
     let listed = expect_json(get_query(app, "/api/v1/media", &[("customer_id", id(&customer))]).await, StatusCode::OK).await;
     assert_eq!(item_ids(&listed), [id(&first)]);
+}
+
+/// Uploads and downloads hold their file in memory, so only so many run at once: with one turn,
+/// a download held up by the files connector keeps the next download and an upload waiting,
+/// and they are told to come back (503, Retry-After) once the wait runs out; never sent on to
+/// the connector. The turn is free again once the download is answered.
+async fn file_transfers_take_turns(app: &TestApp) {
+    let customer = create_customer(app, "Ιερός Ναός Αγίας Ειρήνης").await;
+    let bytes = every_byte(1000);
+    let file_part = || Part::File { filename: "καμπάνα.png", content_type: Some("image/png"), bytes: &bytes };
+    let media = expect_json(upload(app, &[Part::Text("customer_id", id(&customer)), file_part()]).await, StatusCode::ACCEPTED).await;
+    let path = media["nextcloud_path"].as_str().expect("a path").to_owned();
+    let stored = FileStored::Stored { path: path.clone(), size: 1000, sha256: media["sha256"].as_str().expect("a hash").to_owned() };
+    app.db.store.record_file_result(id(&media).parse().expect("uuid"), stored).await.expect("record file result");
+
+    // A files connector that answers the first read only when told to.
+    let subscription = Subscription::new("connector.files.commands", Exchange::Commands, &["files.file.read"]);
+    let mut subscriber = app.bus.subscribe(subscription).await.expect("subscribe");
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let connector = {
+        let (bus, release, bytes) = (app.bus.clone(), release.clone(), bytes.clone());
+        tokio::spawn(async move {
+            while let Some(delivery) = subscriber.next().await {
+                let request: ReadFile = delivery.envelope.decode().expect("a ReadFile");
+                seen_tx.send(request.path.clone()).expect("the test listens");
+                release.acquire().await.expect("open").forget();
+                let reply = Envelope::new(
+                    "/connectors/files-local/test",
+                    &FileContent { path: request.path, result: FileRead::Found { content: Bytes(bytes.clone()) } },
+                    Trace::follow(&delivery.envelope),
+                );
+                bus.reply(&delivery, &reply).await.expect("reply");
+                delivery.ack().await.expect("ack");
+            }
+        })
+    };
+    let content = format!("/api/v1/media/{}/content", id(&media));
+    let first = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url(&content));
+        async move { client.get(url).send().await.expect("request") }
+    });
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.expect("the first read arrives"), Some(path));
+
+    // The one turn is taken: the next download and an upload wait, then are turned away.
+    let response = get(app, &content).await;
+    assert!(header_value(response.headers(), "retry-after").is_some(), "{:?}", response.headers());
+    let problem = expect_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("at once")), "{problem:#}");
+    let response = upload(app, &[Part::Text("customer_id", id(&customer)), file_part()]).await;
+    assert!(header_value(response.headers(), "retry-after").is_some(), "{:?}", response.headers());
+    expect_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(seen.try_recv().is_err(), "the turned-away download never reached the connector");
+
+    // Answered, the first download frees its turn for the next.
+    release.add_permits(2);
+    let response = first.await.expect("the first download");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.expect("body").as_ref(), bytes.as_slice());
+    let response = get(app, &content).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    expect_json(upload(app, &[Part::Text("customer_id", id(&customer)), file_part()]).await, StatusCode::ACCEPTED).await;
+    connector.abort();
 }

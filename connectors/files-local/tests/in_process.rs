@@ -26,9 +26,12 @@ struct Running {
 }
 
 async fn start(max_file_bytes: u64) -> Running {
+    start_on(Bus::in_process(BusConfig::default()), max_file_bytes).await
+}
+
+async fn start_on(bus: Bus, max_file_bytes: u64) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("files");
-    let bus = Bus::in_process(BusConfig::default());
     let results = bus.subscribe(Subscription::new("core.files", Exchange::Events, &["files.file.*"])).await.unwrap();
     let connector = FilesLocal::new(FilesLocalConfig { data_dir: data.clone(), max_file_bytes }).unwrap();
     let token = CancellationToken::new();
@@ -249,4 +252,21 @@ fn catalog_decodes_file_messages() {
     let content = FileContent { path: "a".into(), result: FileRead::NotFound };
     let envelope = Envelope::new("/connectors/files-local/x", &content, Trace::default());
     assert_eq!(envelope.decode::<FileContent>().unwrap(), content);
+}
+
+/// A file whose bytes, as base64, would make a reply larger than the bus takes is refused with
+/// the reason at once (the API answers 502), not read and then refused by the bus; a file that
+/// fits is read.
+#[tokio::test]
+async fn a_file_too_large_for_a_reply_is_refused_with_the_reason() {
+    let bus = Bus::in_process(BusConfig { max_message_bytes: 60_000, ..BusConfig::default() });
+    let running = start_on(bus, 1024 * 1024).await;
+    std::fs::write(running.data.join("large.bin"), vec![7u8; 40_000]).unwrap();
+    std::fs::write(running.data.join("small.bin"), vec![7u8; 30_000]).unwrap();
+    match running.read("large.bin").await {
+        FileRead::Failed { reason } => assert!(reason.contains("40000 bytes") && reason.contains("cap"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(running.read("small.bin").await, FileRead::Found { content: Bytes(vec![7u8; 30_000]) });
+    running.stop().await;
 }

@@ -74,6 +74,15 @@ pub enum ApiError {
     /// was stored.
     #[error("{0}")]
     PluginUnavailable(String),
+    /// The server has as much of this kind of work in hand as it takes (file transfers): 503
+    /// with `Retry-After`.
+    #[error("{detail}")]
+    Busy {
+        /// What is busy, for the client.
+        detail: String,
+        /// Seconds after which trying again makes sense.
+        retry_after: u64,
+    },
     /// A connector answered with a refusal that trying again will not change: 502.
     #[error("{0}")]
     ConnectorRefused(String),
@@ -129,7 +138,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ConnectorRefused(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable(_) | ApiError::ConnectorUnavailable { .. } | ApiError::PluginUnavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::ConnectorUnavailable { .. } | ApiError::PluginUnavailable(_) | ApiError::Busy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -176,6 +185,7 @@ impl ApiError {
                 ("unavailable", "Service unavailable", "the database cannot be reached; try again shortly".into(), vec![])
             }
             ApiError::ConnectorRefused(detail) => ("connector-refused", "Connector refused", detail.clone(), vec![]),
+            ApiError::Busy { detail, .. } => ("busy", "Server busy", detail.clone(), vec![]),
             ApiError::ConnectorUnavailable { detail, .. } => ("connector-unavailable", "Connector unavailable", detail.clone(), vec![]),
             ApiError::PluginUnavailable(detail) => ("plugin-unavailable", "Rule plugin unavailable", detail.clone(), vec![]),
         };
@@ -238,7 +248,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::TooManyRequests { retry_after } | ApiError::ConnectorUnavailable { retry_after, .. } => {
+            ApiError::TooManyRequests { retry_after }
+            | ApiError::ConnectorUnavailable { retry_after, .. }
+            | ApiError::Busy { retry_after, .. } => {
                 if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }

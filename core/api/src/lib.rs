@@ -81,7 +81,15 @@ pub struct ApiConfig {
     pub max_upload_bytes: usize,
     /// How long `GET /api/v1/media/{id}/content` waits for the files connector.
     pub file_read_timeout: Duration,
+    /// Uploads and downloads handled at once: each holds its file in memory a few times over.
+    /// Others wait up to `file_transfer_wait` for a turn, then get 503 with `Retry-After`.
+    pub max_file_transfers: usize,
+    /// How long an upload or download waits for a turn.
+    pub file_transfer_wait: Duration,
 }
+
+/// Uploads and downloads handled at once by default.
+pub const DEFAULT_MAX_FILE_TRANSFERS: usize = 4;
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -91,6 +99,8 @@ impl Default for ApiConfig {
             cors_origins: Vec::new(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             file_read_timeout: Duration::from_secs(10),
+            max_file_transfers: DEFAULT_MAX_FILE_TRANSFERS,
+            file_transfer_wait: Duration::from_secs(10),
         }
     }
 }
@@ -114,6 +124,10 @@ pub struct AppState {
     pub max_upload_bytes: usize,
     /// How long reading a file waits for the files connector.
     pub file_read_timeout: Duration,
+    /// Turns for uploads and downloads ([`ApiConfig::max_file_transfers`]).
+    pub file_transfers: Arc<tokio::sync::Semaphore>,
+    /// How long an upload or download waits for a turn.
+    pub file_transfer_wait: Duration,
     /// The rule plugins: orders are priced by the active pricing plugin. Without a registry
     /// ([`AppState::with_plugins`] not called) orders are priced by the built-in rule.
     pub plugins: Option<Arc<crm_plugins::Registry>>,
@@ -137,6 +151,8 @@ impl AppState {
             relay_wakeup: Arc::new(Notify::new()),
             max_upload_bytes: config.max_upload_bytes,
             file_read_timeout: config.file_read_timeout,
+            file_transfers: Arc::new(tokio::sync::Semaphore::new(config.max_file_transfers.max(1))),
+            file_transfer_wait: config.file_transfer_wait,
             plugins: None,
             cors_origins,
         })

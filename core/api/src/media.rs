@@ -270,6 +270,7 @@ async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, key: Option
     if declared.is_some_and(|n| n > limit.saturating_add(FORM_OVERHEAD)) {
         return Err(ApiError::TooLarge(limit));
     }
+    let _turn = transfer_turn(state).await?;
     let request = request.map(|body| Body::new(Limited::new(body, limit.saturating_add(FORM_OVERHEAD))));
     let multipart =
         Multipart::from_request(request, state).await.map_err(|e| ApiError::BadRequest(format!("not a multipart/form-data body: {e}")))?;
@@ -311,6 +312,22 @@ async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, key: Option
     let media = media.awaiting(&command.path, &command.content.0);
     let envelope = Envelope::new(CORE_SOURCE, &command, request_id.trace()).to_structured();
     create_with_commands(state, ctx, key.as_ref(), media_id, media, &[envelope]).await
+}
+
+/// A turn to move a file through the API (see [`crate::ApiConfig::max_file_transfers`]): each
+/// transfer holds its file in memory a few times over, so only so many run at once; a request
+/// that gets no turn within [`crate::ApiConfig::file_transfer_wait`] is told to come back.
+async fn transfer_turn(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    match tokio::time::timeout(state.file_transfer_wait, state.file_transfers.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) | Err(_) => {
+            metrics::counter!("file_transfers_turned_away_total").increment(1);
+            Err(ApiError::Busy {
+                detail: "too many files are being uploaded or downloaded at once; try again shortly".into(),
+                retry_after: RETRY_AFTER,
+            })
+        }
+    }
 }
 
 /// The answer when the files connector cannot be asked or does not answer.
@@ -379,6 +396,7 @@ async fn content(State(state): State<AppState>, ctx: Ctx, Id(id): Id, request_id
         }
         return Ok(response);
     }
+    let _turn = transfer_turn(&state).await?;
     let envelope = Envelope::new(CORE_SOURCE, &ReadFile { path: path.clone() }, request_id.trace());
     let reply = state.bus.request(&envelope, state.file_read_timeout).await.map_err(files_unavailable)?;
     let reply: FileContent = reply.decode().map_err(ApiError::internal)?;

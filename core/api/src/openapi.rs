@@ -254,13 +254,15 @@ fn describe<R: ApiResource>(paths: &mut PathsBuilder, schemas: &mut Vec<(String,
         .response("404", problem("No such record"));
 
     let create = if R::UPLOADS {
-        create.response(
-            "202",
-            json_response(
-                "Uploaded: the file is pending until the files connector has stored it; ETag and Location set",
-                record_schema(&name),
-            ),
-        )
+        create
+            .response(
+                "202",
+                json_response(
+                    "Uploaded: the file is pending until the files connector has stored it; ETag and Location set",
+                    record_schema(&name),
+                ),
+            )
+            .response("503", problem("Too many files are moving at once; see Retry-After"))
     } else {
         create
     };
@@ -416,7 +418,7 @@ fn describe_comms(paths: PathsBuilder, schemas: &mut Vec<(String, RefOr<Schema>)
                 .response("404", problem("No such media file, or the file store does not have it"))
                 .response("409", problem("The file is not stored (pending, failed, or only metadata), or the store's bytes are not the ones stored"))
                 .response("502", problem("The files connector refuses to read the file; trying again will not help"))
-                .response("503", problem("The files connector does not answer; see Retry-After"))),
+                .response("503", problem("The files connector does not answer, or too many files are moving at once; see Retry-After"))),
         )
 }
 

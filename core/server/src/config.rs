@@ -66,6 +66,9 @@ pub struct Settings {
     pub files_dir: PathBuf,
     /// The largest file (upload or attachment) the core passes to the file store, in bytes.
     pub files_max_bytes: u64,
+    /// Uploads and downloads the API handles at once (each holds its file in memory a few
+    /// times over); others wait for a turn, then get 503 with `Retry-After`.
+    pub files_max_transfers: usize,
     /// Hours a published command stays in the outbox (an upload's holds the file's bytes).
     pub keep_sent_commands_hours: u64,
     /// Hours an `Idempotency-Key` is kept: a retry with it within that gets the first result.
@@ -127,6 +130,7 @@ impl Default for Settings {
             embedded_connectors: vec!["files-local".into()],
             files_dir: PathBuf::from("./data/files"),
             files_max_bytes: 25 * 1024 * 1024,
+            files_max_transfers: crm_api::DEFAULT_MAX_FILE_TRANSFERS,
             keep_sent_commands_hours: 24,
             keep_idempotency_keys_hours: 24,
             keep_silent_connectors_days: 7,
@@ -163,6 +167,7 @@ impl std::fmt::Debug for Settings {
             .field("embedded_connectors", &self.embedded_connectors)
             .field("files_dir", &self.files_dir)
             .field("files_max_bytes", &self.files_max_bytes)
+            .field("files_max_transfers", &self.files_max_transfers)
             .field("keep_sent_commands_hours", &self.keep_sent_commands_hours)
             .field("keep_idempotency_keys_hours", &self.keep_idempotency_keys_hours)
             .field("keep_silent_connectors_days", &self.keep_silent_connectors_days)
@@ -214,8 +219,8 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         crm_domain::contact::Region::parse(&self.default_region).map_err(anyhow::Error::msg).context("default_region")?;
         crm_store::StoreConfig::from_url(self.database_url.expose_secret()).backend().context("database_url")?;
-        if self.files_max_bytes == 0 {
-            bail!("files_max_bytes must be at least 1");
+        if self.files_max_bytes == 0 || self.files_max_transfers == 0 {
+            bail!("files_max_bytes and files_max_transfers must be at least 1");
         }
         let upload_message = upload_message_bytes(self.files_max_bytes);
         if upload_message > self.bus_max_message_bytes {
@@ -269,6 +274,7 @@ impl Settings {
             },
             cors_origins: self.cors_origins.clone(),
             max_upload_bytes: usize::try_from(self.files_max_bytes).unwrap_or(usize::MAX),
+            max_file_transfers: self.files_max_transfers,
             ..crm_api::ApiConfig::default()
         })
     }
@@ -338,6 +344,7 @@ struct SettingsDefaults {
     embedded_connectors: Vec<String>,
     files_dir: PathBuf,
     files_max_bytes: u64,
+    files_max_transfers: usize,
     keep_sent_commands_hours: u64,
     keep_idempotency_keys_hours: u64,
     keep_silent_connectors_days: u64,
@@ -370,6 +377,7 @@ impl Default for SettingsDefaults {
             embedded_connectors: d.embedded_connectors,
             files_dir: d.files_dir,
             files_max_bytes: d.files_max_bytes,
+            files_max_transfers: d.files_max_transfers,
             keep_sent_commands_hours: d.keep_sent_commands_hours,
             keep_idempotency_keys_hours: d.keep_idempotency_keys_hours,
             keep_silent_connectors_days: d.keep_silent_connectors_days,
