@@ -18,6 +18,7 @@ crm_tests::api_on_both_backends!(
     edits_check_only_what_changes,
     deleted_entries_can_be_restored,
     agents_see_only_their_customers_entries,
+    a_body_at_its_limit_is_taken_however_it_is_escaped,
 );
 
 async fn patch(app: &TestApp, path: &str, if_match: Option<&str>, body: &Value) -> reqwest::Response {
@@ -301,4 +302,26 @@ async fn agents_see_only_their_customers_entries(app: &TestApp) {
     let response = agent.delete(app.url(&format!("/api/v1/comms/{}", id(&my_note)))).send().await.expect("request");
     expect_problem(response, StatusCode::FORBIDDEN).await;
     expect_problem(agent_get("/api/v1/inbox".into()).await, StatusCode::FORBIDDEN).await;
+}
+
+/// A body of 100,000 characters beyond the BMP, every one JSON-escaped as a client may send it
+/// (`\ud83d\udd14`: 12 bytes), is over 1 MiB of request and is taken; one character more is a
+/// 422 at `/body`, not a 413 for the whole request.
+async fn a_body_at_its_limit_is_taken_however_it_is_escaped(app: &TestApp) {
+    let customer = create_customer(app, "Ιερός Ναός Αγίου Νικολάου").await;
+    let escaped = |n: usize| {
+        let body = "\\ud83d\\udd14".repeat(n);
+        format!(r#"{{"customer_id": "{}", "type": "note", "body": "{body}"}}"#, id(&customer))
+    };
+    let log_raw = |text: String| {
+        let request = app.client.post(app.url("/api/v1/comms")).header(CONTENT_TYPE, "application/json").body(text);
+        async move { request.send().await.expect("request") }
+    };
+    let at_limit = escaped(100_000);
+    assert!(at_limit.len() > crm_api::MAX_BODY_BYTES, "{}", at_limit.len());
+    let entry = expect_json(log_raw(at_limit).await, StatusCode::CREATED).await;
+    assert_eq!(entry["body"].as_str().map(|b| b.chars().count()), Some(100_000));
+    assert!(entry["body"].as_str().is_some_and(|b| b.chars().all(|c| c == '🔔')));
+    let problem = expect_problem(log_raw(escaped(100_001)).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(pointers(&problem), ["/body"], "{problem:#}");
 }

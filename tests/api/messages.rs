@@ -19,6 +19,7 @@ crm_tests::api_on_both_backends!(
     refused_messages_write_nothing,
     the_longest_message_the_limits_allow_is_taken,
     a_retry_with_its_idempotency_key_sends_once,
+    a_sent_message_keeps_what_was_sent,
 );
 
 async fn send_message(app: &TestApp, customer: &str, request_id: &str, body: &Value) -> reqwest::Response {
@@ -278,4 +279,32 @@ async fn a_retry_with_its_idempotency_key_sends_once(app: &TestApp) {
     assert_eq!(expect_json(retry, StatusCode::ACCEPTED).await, first);
     expect_problem(send_with_key(app, id(&customer), "a-new-key", &body).await, StatusCode::NOT_FOUND).await;
     expect_problem(send_message(app, id(&customer), "r-gone", &body).await, StatusCode::NOT_FOUND).await;
+}
+
+/// The log shows what went out: a message sent through crm-hub cannot be rewritten (its command
+/// is on its way with the text it had), field by field with pointers; its time is kept to the
+/// microsecond, as every stored time; sending back what it holds is taken.
+async fn a_sent_message_keeps_what_was_sent(app: &TestApp) {
+    let customer = customer(app).await;
+    let body = json!({"channel": "email", "subject": "Προσφορά", "body": "Σας στέλνουμε την προσφορά."});
+    let entry = expect_json(send_message(app, id(&customer), "r-sent", &body).await, StatusCode::ACCEPTED).await;
+    let occurred_at = entry["occurred_at"].as_str().expect("a time");
+    let fraction = occurred_at.split('.').nth(1).map_or(0, |f| f.trim_end_matches('Z').len());
+    assert!(fraction <= 6, "to the microsecond: {occurred_at}");
+    let path = format!("/api/v1/comms/{}", id(&entry));
+    let patch = |change: Value| {
+        let request = app.client.patch(app.url(&path)).header("content-type", "application/merge-patch+json").body(change.to_string());
+        async move { request.send().await.expect("request") }
+    };
+    for (change, pointer) in [
+        (json!({"body": "Άλλη προσφορά."}), "/body"),
+        (json!({"subject": "Άλλο θέμα"}), "/subject"),
+        (json!({"occurred_at": "2025-01-11T08:30:00Z"}), "/occurred_at"),
+    ] {
+        let problem = expect_problem(patch(change).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(pointers(&problem), [pointer], "{problem:#}");
+    }
+    let same = expect_json(patch(json!({"body": body["body"], "occurred_at": occurred_at})).await, StatusCode::OK).await;
+    assert_eq!((&same["body"], &same["subject"]), (&body["body"], &body["subject"]));
+    assert_eq!(outbox(app).await[0]["data"]["body"], body["body"]);
 }

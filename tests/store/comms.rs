@@ -45,6 +45,7 @@ crm_tests::on_both_backends!(
     file_results_update_media_and_attachment,
     assigning_an_unmatched_entry,
     assigning_by_phone,
+    assigning_a_sender_with_thousands_of_messages,
     assigning_gives_the_files_to_the_customer,
     triage_refusals,
     dismissing_an_unmatched_entry,
@@ -1384,6 +1385,28 @@ async fn assigning_gives_the_files_to_the_customer(db: &TestDb) {
     let late = FileStored::Stored { path: "inbox/x/1-c.jpg".into(), size: 3, sha256: sha256_hex(FILE) };
     let media = store.record_file_result(sibling.media[0].0, late).await.unwrap().unwrap();
     assert_eq!((media.data.customer_id, media.data.status), (Some(customer.id), MediaStatus::Stored));
+}
+
+/// A sender with more unmatched messages, each with a file, than one query binds at a time: one
+/// assignment takes them all, and their files.
+async fn assigning_a_sender_with_thousands_of_messages(db: &TestDb) {
+    let store = &db.store;
+    let customer = create_customer(store, json!({"name": "Ιερά Μονή Αγίου Παντελεήμονος"})).await;
+    let from_noreply = |i: usize| {
+        let mut item = inbound(&format!("<m{i}@bells.example>"), &format!("ev-{i}"), None);
+        item.entry.channel_address = Some(email_address("noreply@bells.example"));
+        with_file(item, "receipt.pdf")
+    };
+    let items: Vec<InboundEntry> = (0..2_500).map(from_noreply).collect();
+    for chunk in items.chunks(500) {
+        store.log_inbound(chunk.to_vec()).await.unwrap();
+    }
+    let assigned = store.assign_unmatched(items[0].id, customer.id, None).await.unwrap();
+    assert_eq!(assigned.also_assigned, 2_499);
+    let theirs = MediaFilter { customer_id: Some(customer.id), ..Default::default() };
+    assert_eq!(store.count::<Media>(&theirs).await.unwrap(), 2_500);
+    let inbox = CommsFilter { triage: Some(Triage::Unmatched), ..Default::default() };
+    assert_eq!(store.count::<CommsEntry>(&inbox).await.unwrap(), 0);
 }
 
 async fn assigning_by_phone(db: &TestDb) {

@@ -17,7 +17,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use crm_bus::Envelope;
 use crm_bus::message::{Address, Channel, SendMessage};
 use crm_domain::access::{Action, Area, Scope};
@@ -72,6 +72,8 @@ impl ApiResource for CommsEntry {
     const FILTERS: &'static [&'static str] = COMMS_FILTERS;
     const AREA: Area = Area::Customers;
     const DEFAULT_SORT: &'static str = "occurred_at";
+    /// A body of 100,000 characters, each JSON-escaped (12 bytes beyond the BMP), and a subject.
+    const BODY_LIMIT: usize = MAX_ENTRY_REQUEST_BYTES;
     type Input = CommsInput;
     type FilterParams = CommsParams;
 
@@ -166,6 +168,10 @@ pub(crate) fn rules() -> Vec<RouteRule> {
 /// The longest body and HTML body of an outbound message, in characters.
 const MAX_BODY_CHARS: usize = 100_000;
 const MAX_HTML_CHARS: usize = 1_000_000;
+
+/// The largest request to log or edit an entry: its body at its limit fits even with every
+/// character JSON-escaped.
+const MAX_ENTRY_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// The largest request to send a message: both bodies at their limits fit even with every
 /// character JSON-escaped (`\uXXXX`, twice for one beyond the BMP: 12 bytes), so that a body past
@@ -465,7 +471,7 @@ async fn outbound(ctx: &Ctx, region: Region, customer: &Record<Customer>, reques
         channel_address: None,
         recipients: to.iter().chain(&cc).map(|(_, kept)| kept.clone()).collect(),
         logged_by: ctx.principal.label(),
-        occurred_at: Utc::now(),
+        occurred_at: Utc::now().trunc_subsecs(6),
         thread_id: Some(thread_id),
         in_reply_to: in_reply_to.clone(),
         references: references.clone(),

@@ -5,7 +5,7 @@
 use crate::AppState;
 use crate::auth::{Ctx, Requirement, RouteRule};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, IfMatch, JsonBody, ListParams, etag, list_query, strict_query, typed};
+use crate::extract::{Id, IfMatch, JsonBody, ListParams, body_limit, etag, list_query, strict_query, typed};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -58,6 +58,11 @@ pub(crate) trait ApiResource: Resource + Serialize + Clone + utoipa::ToSchema {
 
     /// The store filter for the parameters.
     fn filter(params: Self::FilterParams) -> <Self as crm_store::Resource>::Filter;
+
+    /// The largest JSON body of a create or an edit: a resource whose fields may hold more
+    /// than [`crate::MAX_BODY_BYTES`] (escaped) raises it, so a field past its own limit is
+    /// refused with its pointer rather than the whole request with a 413.
+    const BODY_LIMIT: usize = crate::MAX_BODY_BYTES;
 
     /// The handlers of the collection path (list and create).
     fn collection() -> MethodRouter<AppState> {
@@ -242,7 +247,11 @@ fn check_assignment<R: ApiResource>(ctx: &Ctx, scope: Scope, current: Option<&R>
 pub(crate) fn routes<R: ApiResource>() -> Router<AppState> {
     let item = get(read::<R>).delete(delete::<R>);
     let item = if R::EDITABLE { item.put(replace::<R>).patch(patch::<R>) } else { item };
-    let router = Router::new().route(&format!("/{}", R::PATH), R::collection()).route(&format!("/{}/{{id}}", R::PATH), item);
+    let (collection, item) = match R::BODY_LIMIT {
+        crate::MAX_BODY_BYTES => (R::collection(), item),
+        limit => (body_limit(R::collection(), limit), body_limit(item, limit)),
+    };
+    let router = Router::new().route(&format!("/{}", R::PATH), collection).route(&format!("/{}/{{id}}", R::PATH), item);
     if R::RESTORABLE { router.route(&format!("/{}/{{id}}/restore", R::PATH), post(restore::<R>)) } else { router }
 }
 

@@ -377,7 +377,9 @@ impl CommsInput {
     }
 
     /// Applies an edit to `current`: only subject, body and time may change; sending a
-    /// different customer, type or direction is refused.
+    /// different customer, type or direction is refused. A message sent through crm-hub (it
+    /// has a delivery status) keeps what was sent: its subject, body and time are refused too,
+    /// since the command on its way, or the message delivered, would no longer match the log.
     pub fn parse_edit(self, current: &CommsEntry, now: DateTime<Utc>) -> Result<CommsEntry, Violations> {
         let mut errors = Violations::default();
         if self.customer_id.is_some_and(|id| Some(id) != current.customer_id) {
@@ -406,6 +408,18 @@ impl CommsInput {
         };
         if body.is_empty() && subject.is_none() && (body != current.body || subject != current.subject) {
             errors.push("/body", "a subject or a body is required");
+        }
+        if current.delivery_status.is_some() {
+            let sent = "cannot be changed: the message was sent through crm-hub as it is logged";
+            for (pointer, changed) in [
+                ("/subject", subject != current.subject),
+                ("/body", body != current.body),
+                ("/occurred_at", occurred_at != current.occurred_at),
+            ] {
+                if changed {
+                    errors.push(pointer, sent);
+                }
+            }
         }
         errors.finish(|| CommsEntry { subject, body, occurred_at, ..current.clone() })
     }
@@ -766,6 +780,45 @@ mod tests {
         let edit = CommsInput { body: Some("y".into()), ..Default::default() };
         let next = edit.parse_edit(&entry, now).unwrap();
         assert_eq!((next.body.as_str(), next.occurred_at, next.kind), ("y", entry.occurred_at, CommsType::Call));
+    }
+
+    #[test]
+    fn a_message_sent_through_the_crm_keeps_what_was_sent() {
+        let now = Utc::now();
+        let mut sent = CommsInput {
+            customer_id: Some(Uuid::nil()),
+            kind: Some(CommsType::Email),
+            direction: Some(Direction::Outbound),
+            subject: Some("Προσφορά".into()),
+            body: Some("Σας στέλνουμε την προσφορά.".into()),
+            ..Default::default()
+        }
+        .parse_new("user:x".into(), now)
+        .unwrap();
+        sent.delivery_status = Some(DeliveryStatus::Queued);
+        let pointers = |edit: CommsInput| -> Vec<String> {
+            edit.parse_edit(&sent, now).map_or_else(|e| e.0.into_iter().map(|e| e.pointer).collect(), |_| Vec::new())
+        };
+        assert_eq!(
+            pointers(CommsInput { body: Some("άλλο κείμενο".into()), subject: sent.subject.clone(), ..Default::default() }),
+            ["/body"]
+        );
+        assert_eq!(pointers(CommsInput { body: Some(sent.body.clone()), subject: None, ..Default::default() }), ["/subject"]);
+        let later = CommsInput {
+            body: Some(sent.body.clone()),
+            subject: sent.subject.clone(),
+            occurred_at: Some(now + chrono::Duration::hours(1)),
+            ..Default::default()
+        };
+        assert_eq!(pointers(later), ["/occurred_at"]);
+        // Sending back what it holds is no change.
+        let same = CommsInput {
+            body: Some(sent.body.clone()),
+            subject: sent.subject.clone(),
+            occurred_at: Some(sent.occurred_at),
+            ..Default::default()
+        };
+        assert_eq!(sent.clone(), same.parse_edit(&sent, now).unwrap());
     }
 
     #[test]

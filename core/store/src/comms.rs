@@ -190,11 +190,12 @@ pub enum Logged {
 /// What recording a delivery report did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeliveryRecorded {
-    /// The outbound entry it is about, as the report left it.
+    /// The outbound entry it is about, as the report left it (a deleted entry too: it is kept,
+    /// and may be restored, with what became of the message).
     Entry(Box<Record<CommsEntry>>),
     /// It names only a channel message id that no entry has yet: held until one gets it.
     Held,
-    /// It names no outbound entry (an unknown or deleted entry, an inbound message).
+    /// It names no outbound entry (an unknown entry, an inbound message).
     Unknown,
 }
 
@@ -804,13 +805,7 @@ async fn threads_of(tx: &mut Tx, batch: &[InboundEntry]) -> Result<Threads> {
     }
     for chunk in ids.chunks(MAX_LOOKUP_BINDS) {
         let mut sql = Sql::new("SELECT id, thread_id FROM comms_log WHERE id IN (");
-        for (i, id) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Value::Uuid(Some(*id)));
-        }
-        sql.push(")");
+        push_ids(&mut sql, chunk);
         for row in tx.fetch_all(&sql).await? {
             threads.by_id.insert(row.uuid("id")?, thread(&row)?);
         }
@@ -819,13 +814,12 @@ async fn threads_of(tx: &mut Tx, batch: &[InboundEntry]) -> Result<Threads> {
 }
 
 fn push_list(sql: &mut Sql, values: Vec<String>) {
-    for (i, value) in values.into_iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(Value::Text(Some(value)));
-    }
-    sql.push(")");
+    sql.bind_list(values.into_iter().map(|value| Value::Text(Some(value))));
+}
+
+/// `ids` as a bound list, closing the `IN (`.
+fn push_ids(sql: &mut Sql, ids: &[Uuid]) {
+    sql.bind_list(ids.iter().map(|id| Value::Uuid(Some(*id))));
 }
 
 /// Inserts log entries in one statement, skipping any that another writer logged meanwhile;
@@ -980,18 +974,30 @@ async fn entry_of_media(tx: &mut Tx, media_id: Uuid) -> Result<Option<Uuid>> {
     }
 }
 
-/// The media records (deleted ones too) that came with `entries`, locked, in id order.
+/// The media records (deleted ones too) that came with `entries` (locked, so no new ones come),
+/// locked in id order, a chunk of ids per query: a sender with tens of thousands of unmatched
+/// messages must not make one query with more values than the database binds.
 async fn media_of_entries(tx: &mut Tx, entries: &[Uuid]) -> Result<Vec<Record<Media>>> {
-    let backend = tx.backend();
-    let mut sql = Sql::new(format!("SELECT {} FROM media WHERE comms_id IN (", backend.record_columns()));
-    for (i, id) in entries.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
+    let mut ids = Vec::new();
+    for chunk in entries.chunks(MAX_LOOKUP_BINDS) {
+        let mut sql = Sql::new("SELECT id FROM media WHERE comms_id IN (");
+        push_ids(&mut sql, chunk);
+        for row in tx.fetch_all(&sql).await? {
+            ids.push(row.uuid("id")?);
         }
-        sql.bind(Value::Uuid(Some(*id)));
     }
-    sql.push(") ORDER BY id").push(backend.lock_rows());
-    tx.fetch_all(&sql).await?.iter().map(decode::<Media>).collect()
+    ids.sort_unstable();
+    let backend = tx.backend();
+    let mut media = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(MAX_LOOKUP_BINDS) {
+        let mut sql = Sql::new(format!("SELECT {} FROM media WHERE id IN (", backend.record_columns()));
+        push_ids(&mut sql, chunk);
+        sql.push(" ORDER BY id").push(backend.lock_rows());
+        for row in tx.fetch_all(&sql).await? {
+            media.push(decode::<Media>(&row)?);
+        }
+    }
+    Ok(media)
 }
 
 /// `user:<id>`, `api_key:<id>` or `system`: who made a decision, as the log records it.

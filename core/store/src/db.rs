@@ -322,6 +322,17 @@ impl Sql {
         hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Binds `values` as a comma-separated list and closes the parenthesis (after `IN (`).
+    pub(crate) fn bind_list(&mut self, values: impl IntoIterator<Item = Value>) -> &mut Self {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(value);
+        }
+        self.push(")")
+    }
+
     pub(crate) fn bind(&mut self, value: Value) -> &mut Self {
         self.args.push(value);
         let start = self.text.len();
@@ -583,13 +594,7 @@ mod tests {
     #[test]
     fn sqlite_placeholders_are_anonymous() {
         let mut sql = Sql::new("SELECT json_extract(d, '$.a[1]') FROM t WHERE a IN (");
-        for i in 0..12 {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Value::Int(Some(i)));
-        }
-        sql.push(") AND b = '$1'");
+        sql.bind_list((0..12).map(|i| Value::Int(Some(i)))).push(" AND b = '$1'");
         let anonymous = sql.anonymous_text();
         assert_eq!(anonymous, format!("SELECT json_extract(d, '$.a[1]') FROM t WHERE a IN ({}) AND b = '$1'", ["?"; 12].join(", ")));
         assert_eq!(Sql::new("SELECT 1").anonymous_text(), "SELECT 1");

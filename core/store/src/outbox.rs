@@ -548,11 +548,5 @@ fn decode_dead_letter(row: &crate::db::Row) -> Result<DeadLetter> {
 }
 
 fn push_ints(sql: &mut Sql, values: &[i64]) {
-    for (i, value) in values.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(Value::Int(Some(*value)));
-    }
-    sql.push(")");
+    sql.bind_list(values.iter().map(|value| Value::Int(Some(*value))));
 }

@@ -221,13 +221,7 @@ impl Store {
         }
         let mut sql =
             Sql::new(format!("SELECT {} FROM {} WHERE deleted_at IS NULL AND id IN (", self.backend().record_columns(), R::TABLE));
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Value::Uuid(Some(*id)));
-        }
-        sql.push(")");
+        sql.bind_list(ids.iter().map(|id| Value::Uuid(Some(*id))));
         self.fetch_all(&sql).await?.iter().map(decode).collect()
     }
 
