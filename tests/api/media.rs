@@ -22,15 +22,18 @@ crm_tests::configured_api_on_both_backends!(
     agents_reach_their_customers_files => small_uploads,
     a_retried_upload_with_its_key_is_stored_once => small_uploads,
     file_transfers_take_turns => one_transfer_at_a_time,
+    an_upload_that_does_not_arrive_in_time_is_a_408 => one_transfer_at_a_time,
 );
 
-/// One turn, a short wait for it, and a read timeout far beyond the test: the download holding
-/// the turn is answered only when the test says so.
+/// One turn each for uploads and downloads, a short wait for it, a read timeout far beyond the
+/// test (the download holding the turn is answered only when the test says so), and a second
+/// for an upload's body to arrive.
 fn one_transfer_at_a_time() -> crm_api::ApiConfig {
     crm_api::ApiConfig {
         max_file_transfers: 1,
         file_transfer_wait: Duration::from_millis(300),
         file_read_timeout: Duration::from_secs(60),
+        upload_read_timeout: Duration::from_secs(1),
         ..small_uploads()
     }
 }
@@ -537,9 +540,10 @@ async fn a_retried_upload_with_its_key_is_stored_once(app: &TestApp) {
 }
 
 /// Uploads and downloads hold their file in memory, so only so many run at once: with one turn,
-/// a download held up by the files connector keeps the next download and an upload waiting,
-/// and they are told to come back (503, Retry-After) once the wait runs out; never sent on to
-/// the connector. The turn is free again once the download is answered.
+/// a download held up by the files connector keeps the next download waiting, and it is told
+/// to come back (503, Retry-After) once the wait runs out, never sent on to the connector.
+/// Uploads have turns of their own, so one goes through meanwhile. The turn is free again once
+/// the download is answered.
 async fn file_transfers_take_turns(app: &TestApp) {
     let customer = create_customer(app, "Ιερός Ναός Αγίας Ειρήνης").await;
     let bytes = every_byte(1000);
@@ -578,14 +582,13 @@ async fn file_transfers_take_turns(app: &TestApp) {
     });
     assert_eq!(tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.expect("the first read arrives"), Some(path));
 
-    // The one turn is taken: the next download and an upload wait, then are turned away.
+    // The one download turn is taken: the next download waits, then is turned away; an upload
+    // has its own turn.
     let response = get(app, &content).await;
     assert!(header_value(response.headers(), "retry-after").is_some(), "{:?}", response.headers());
     let problem = expect_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
-    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("at once")), "{problem:#}");
-    let response = upload(app, &[Part::Text("customer_id", id(&customer)), file_part()]).await;
-    assert!(header_value(response.headers(), "retry-after").is_some(), "{:?}", response.headers());
-    expect_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("too many downloads at once")), "{problem:#}");
+    expect_json(upload(app, &[Part::Text("customer_id", id(&customer)), file_part()]).await, StatusCode::ACCEPTED).await;
     assert!(seen.try_recv().is_err(), "the turned-away download never reached the connector");
 
     // Answered, the first download frees its turn for the next.
@@ -597,4 +600,39 @@ async fn file_transfers_take_turns(app: &TestApp) {
     assert_eq!(response.status(), StatusCode::OK);
     expect_json(upload(app, &[Part::Text("customer_id", id(&customer)), file_part()]).await, StatusCode::ACCEPTED).await;
     connector.abort();
+}
+
+/// An upload whose body stops arriving (a client gone quiet midway) holds an upload turn only
+/// until its deadline: 408, and the next upload gets the turn.
+async fn an_upload_that_does_not_arrive_in_time_is_a_408(app: &TestApp) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let customer = create_customer(app, "Ιερός Ναός Αγίου Γεωργίου").await;
+    let (content_type, body) =
+        form(&[Part::Text("customer_id", id(&customer)), Part::File { filename: "a.bin", content_type: None, bytes: &[1; 100] }]);
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/media HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        app.admin_key,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write the head");
+    stream.write_all(&body[..body.len() / 2]).await.expect("write half the body");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buffer)).await.expect("an answer in time").expect("read");
+        assert!(n > 0, "closed without an answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.to_lowercase().contains("application/problem+json"), "{answer}");
+    drop(stream);
+    expect_json(
+        upload(app, &[Part::Text("customer_id", id(&customer)), Part::File { filename: "b.bin", content_type: None, bytes: &[2; 100] }])
+            .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
 }

@@ -123,7 +123,7 @@ impl ApiResource for CommsEntry {
             if sent != *echoed.get(name).unwrap_or(&Value::Null) {
                 let detail = match *pointer {
                     "/customer_id" => "cannot be changed (an unmatched entry is assigned through the inbox)",
-                    _ => "cannot be changed: only subject, body and occurred_at can",
+                    _ => "cannot be changed: only subject, body and occurred_at can (and not those of a message sent through crm-hub)",
                 };
                 errors.push(*pointer, detail);
             }

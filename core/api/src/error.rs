@@ -74,6 +74,9 @@ pub enum ApiError {
     /// was stored.
     #[error("{0}")]
     PluginUnavailable(String),
+    /// The request's body did not arrive in time: 408.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The server has as much of this kind of work in hand as it takes (file transfers): 503
     /// with `Retry-After`.
     #[error("{detail}")]
@@ -138,6 +141,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ConnectorRefused(_) => StatusCode::BAD_GATEWAY,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) | ApiError::ConnectorUnavailable { .. } | ApiError::PluginUnavailable(_) | ApiError::Busy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -186,6 +190,7 @@ impl ApiError {
             }
             ApiError::ConnectorRefused(detail) => ("connector-refused", "Connector refused", detail.clone(), vec![]),
             ApiError::Busy { detail, .. } => ("busy", "Server busy", detail.clone(), vec![]),
+            ApiError::RequestTimeout(detail) => ("request-timeout", "Request timeout", detail.clone(), vec![]),
             ApiError::ConnectorUnavailable { detail, .. } => ("connector-unavailable", "Connector unavailable", detail.clone(), vec![]),
             ApiError::PluginUnavailable(detail) => ("plugin-unavailable", "Rule plugin unavailable", detail.clone(), vec![]),
         };

@@ -81,11 +81,14 @@ pub struct ApiConfig {
     pub max_upload_bytes: usize,
     /// How long `GET /api/v1/media/{id}/content` waits for the files connector.
     pub file_read_timeout: Duration,
-    /// Uploads and downloads handled at once: each holds its file in memory a few times over.
+    /// Uploads handled at once, and downloads handled at once (each its own limit, so slow
+    /// uploads never keep downloads waiting): each holds its file in memory a few times over.
     /// Others wait up to `file_transfer_wait` for a turn, then get 503 with `Retry-After`.
     pub max_file_transfers: usize,
     /// How long an upload or download waits for a turn.
     pub file_transfer_wait: Duration,
+    /// How long an upload's body may take to arrive (it holds a turn meanwhile): 408 after it.
+    pub upload_read_timeout: Duration,
 }
 
 /// Uploads and downloads handled at once by default.
@@ -101,6 +104,7 @@ impl Default for ApiConfig {
             file_read_timeout: Duration::from_secs(10),
             max_file_transfers: DEFAULT_MAX_FILE_TRANSFERS,
             file_transfer_wait: Duration::from_secs(10),
+            upload_read_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -124,10 +128,14 @@ pub struct AppState {
     pub max_upload_bytes: usize,
     /// How long reading a file waits for the files connector.
     pub file_read_timeout: Duration,
-    /// Turns for uploads and downloads ([`ApiConfig::max_file_transfers`]).
-    pub file_transfers: Arc<tokio::sync::Semaphore>,
+    /// Turns for uploads ([`ApiConfig::max_file_transfers`]).
+    pub upload_turns: Arc<tokio::sync::Semaphore>,
+    /// Turns for downloads ([`ApiConfig::max_file_transfers`]).
+    pub download_turns: Arc<tokio::sync::Semaphore>,
     /// How long an upload or download waits for a turn.
     pub file_transfer_wait: Duration,
+    /// How long an upload's body may take to arrive.
+    pub upload_read_timeout: Duration,
     /// The rule plugins: orders are priced by the active pricing plugin. Without a registry
     /// ([`AppState::with_plugins`] not called) orders are priced by the built-in rule.
     pub plugins: Option<Arc<crm_plugins::Registry>>,
@@ -151,8 +159,10 @@ impl AppState {
             relay_wakeup: Arc::new(Notify::new()),
             max_upload_bytes: config.max_upload_bytes,
             file_read_timeout: config.file_read_timeout,
-            file_transfers: Arc::new(tokio::sync::Semaphore::new(config.max_file_transfers.max(1))),
+            upload_turns: Arc::new(tokio::sync::Semaphore::new(config.max_file_transfers.max(1))),
+            download_turns: Arc::new(tokio::sync::Semaphore::new(config.max_file_transfers.max(1))),
             file_transfer_wait: config.file_transfer_wait,
+            upload_read_timeout: config.upload_read_timeout,
             plugins: None,
             cors_origins,
         })

@@ -30,6 +30,8 @@ use crm_store::{IdempotencyKey, MediaFilter};
 use http_body_util::Limited;
 use serde::Deserialize;
 use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 /// Room for the form fields beside the file, and the multipart framing.
@@ -270,12 +272,15 @@ async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, key: Option
     if declared.is_some_and(|n| n > limit.saturating_add(FORM_OVERHEAD)) {
         return Err(ApiError::TooLarge(limit));
     }
-    let _turn = transfer_turn(state).await?;
     let request = request.map(|body| Body::new(Limited::new(body, limit.saturating_add(FORM_OVERHEAD))));
     let multipart =
         Multipart::from_request(request, state).await.map_err(|e| ApiError::BadRequest(format!("not a multipart/form-data body: {e}")))?;
+    let _turn = transfer_turn(state, &state.upload_turns, "upload").await?;
     let mut errors = Violations::default();
-    let UploadForm { file, mut input } = read_form(multipart, limit, &mut errors).await?;
+    let form = tokio::time::timeout(state.upload_read_timeout, read_form(multipart, limit, &mut errors)).await.map_err(|_| {
+        ApiError::RequestTimeout(format!("the upload did not arrive within {} seconds", state.upload_read_timeout.as_secs()))
+    })?;
+    let UploadForm { file, mut input } = form?;
     let Some((part_name, part_type, bytes)) = file else {
         errors.push("/file", "is required: the file to upload");
         return Err(ApiError::Invalid(errors));
@@ -314,20 +319,30 @@ async fn upload(state: &AppState, ctx: &Ctx, request_id: &RequestId, key: Option
     create_with_commands(state, ctx, key.as_ref(), media_id, media, &[envelope]).await
 }
 
-/// A turn to move a file through the API (see [`crate::ApiConfig::max_file_transfers`]): each
-/// transfer holds its file in memory a few times over, so only so many run at once; a request
-/// that gets no turn within [`crate::ApiConfig::file_transfer_wait`] is told to come back.
-async fn transfer_turn(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-    match tokio::time::timeout(state.file_transfer_wait, state.file_transfers.clone().acquire_owned()).await {
+/// A turn from `turns` (uploads' or downloads', see [`crate::ApiConfig::max_file_transfers`]):
+/// each transfer holds its file in memory a few times over, so only so many run at once; a
+/// request that gets no turn within [`crate::ApiConfig::file_transfer_wait`] is told to come
+/// back.
+async fn transfer_turn(state: &AppState, turns: &Arc<Semaphore>, what: &'static str) -> ApiResult<OwnedSemaphorePermit> {
+    match tokio::time::timeout(state.file_transfer_wait, turns.clone().acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         Ok(Err(_)) | Err(_) => {
-            metrics::counter!("file_transfers_turned_away_total").increment(1);
-            Err(ApiError::Busy {
-                detail: "too many files are being uploaded or downloaded at once; try again shortly".into(),
-                retry_after: RETRY_AFTER,
-            })
+            metrics::counter!("file_transfers_turned_away_total", "transfer" => what).increment(1);
+            Err(ApiError::Busy { detail: format!("too many {what}s at once; try again shortly"), retry_after: RETRY_AFTER })
         }
     }
+}
+
+/// The bytes of a download as a response body that holds its turn until it is sent (or the
+/// client goes away), in chunks, so that the file in memory stays counted while it goes out.
+fn body_holding_turn(bytes: Vec<u8>, turn: OwnedSemaphorePermit) -> Body {
+    const CHUNK: usize = 64 * 1024;
+    let bytes = axum::body::Bytes::from(bytes);
+    let chunks = (0..bytes.len()).step_by(CHUNK).map(move |start| {
+        let _turn = &turn;
+        Ok::<_, std::convert::Infallible>(bytes.slice(start..(start + CHUNK).min(bytes.len())))
+    });
+    Body::from_stream(futures::stream::iter(chunks))
 }
 
 /// The answer when the files connector cannot be asked or does not answer.
@@ -396,7 +411,7 @@ async fn content(State(state): State<AppState>, ctx: Ctx, Id(id): Id, request_id
         }
         return Ok(response);
     }
-    let _turn = transfer_turn(&state).await?;
+    let turn = transfer_turn(&state, &state.download_turns, "download").await?;
     let envelope = Envelope::new(CORE_SOURCE, &ReadFile { path: path.clone() }, request_id.trace());
     let reply = state.bus.request(&envelope, state.file_read_timeout).await.map_err(files_unavailable)?;
     let reply: FileContent = reply.decode().map_err(ApiError::internal)?;
@@ -419,7 +434,7 @@ async fn content(State(state): State<AppState>, ctx: Ctx, Id(id): Id, request_id
         });
     }
     let length = bytes.len();
-    let mut response = Response::new(Body::from(bytes));
+    let mut response = Response::new(body_holding_turn(bytes, turn));
     let headers = response.headers_mut();
     let octets = HeaderValue::from_static("application/octet-stream");
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(&media.mime_type).unwrap_or(octets));

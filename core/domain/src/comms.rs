@@ -410,7 +410,7 @@ impl CommsInput {
             errors.push("/body", "a subject or a body is required");
         }
         if current.delivery_status.is_some() {
-            let sent = "cannot be changed: the message was sent through crm-hub as it is logged";
+            let sent = "cannot be changed: crm-hub sent the message (or tried to) as it is logged";
             for (pointer, changed) in [
                 ("/subject", subject != current.subject),
                 ("/body", body != current.body),
