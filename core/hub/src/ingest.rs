@@ -93,14 +93,16 @@ impl Ingest {
         let left: Vec<Delivery> = slots.into_iter().flatten().collect();
         tracing::error!(%reason, unsettled = left.len(), "ingest panicked on a batch; handling its events one by one");
         metrics::counter!("ingest_panics_total").increment(1);
-        if left.len() == 1 {
-            return settle_failure(left.into_iter().next().expect("one"), &reason).await;
-        }
+        let left = match <[Delivery; 1]>::try_from(left) {
+            Ok([only]) => return settle_failure(only, &reason).await,
+            Err(left) => left,
+        };
         for delivery in left {
             let mut slot = [Some(delivery)];
             if let Err(panic) = AssertUnwindSafe(self.handle(subscriber, &mut slot, shutdown)).catch_unwind().await
                 && let [Some(delivery)] = slot
             {
+                metrics::counter!("ingest_panics_total").increment(1);
                 let reason = format!("ingest panicked: {}", crm_bus::panic_reason(&*panic));
                 tracing::error!(%reason, id = %delivery.envelope.id, kind = %delivery.envelope.kind, "ingest panicked on this event");
                 settle_failure(delivery, &reason).await;
