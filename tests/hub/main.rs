@@ -605,16 +605,6 @@ async fn an_event_published_before_the_core_ever_ran_is_logged_once_it_starts(tr
     bus.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_process_an_event_published_before_the_core_ever_ran_is_logged_once_it_starts() {
-    an_event_published_before_the_core_ever_ran_is_logged_once_it_starts(Transport::InProcess).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_an_event_published_before_the_core_ever_ran_is_logged_once_it_starts() {
-    an_event_published_before_the_core_ever_ran_is_logged_once_it_starts(Transport::RabbitMq).await;
-}
-
 /// The built-in matcher, except that it panics on one sender: a bug an event triggers.
 #[derive(Debug)]
 struct PanicsOn(&'static str);
@@ -679,16 +669,6 @@ async fn an_event_that_makes_ingest_panic_costs_only_itself(transport: Transport
     bus.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_process_an_event_that_makes_ingest_panic_costs_only_itself() {
-    an_event_that_makes_ingest_panic_costs_only_itself(Transport::InProcess).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_an_event_that_makes_ingest_panic_costs_only_itself() {
-    an_event_that_makes_ingest_panic_costs_only_itself(Transport::RabbitMq).await;
-}
-
 /// With the default matcher plugin active, the plugin decides and the entry says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_matcher_plugin_matches_inbound_messages() {
@@ -718,6 +698,30 @@ async fn the_active_matcher_plugin_matches_inbound_messages() {
     assert!(matched.reason.contains("phone"), "{}", matched.reason);
     hub.shutdown().await;
 }
+
+/// Runs each test that sets up its own hub on both transports: a module per transport.
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {
+        on_both_transports!(@mod in_process, Transport::InProcess, $($name),*);
+        on_both_transports!(@mod rabbitmq, Transport::RabbitMq, $($name),*);
+    };
+    (@mod $module:ident, $transport:expr, $($name:ident),*) => {
+        mod $module {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($transport).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_transports!(
+    an_event_published_before_the_core_ever_ran_is_logged_once_it_starts,
+    an_event_that_makes_ingest_panic_costs_only_itself
+);
 
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {

@@ -137,7 +137,8 @@ impl FilesLocal {
             Ok(path) => {
                 // The reply carries the bytes as base64: a file the bus cannot carry is refused
                 // here, with the reason, rather than handled and then refused by the bus.
-                let fits = largest_file_in(command.hub().bus().config().max_message_bytes);
+                let message_bytes = u64::try_from(command.hub().bus().config().max_message_bytes).unwrap_or(u64::MAX);
+                let fits = crm_connector::message::largest_file_in_message(message_bytes);
                 let cap = self.max_file_bytes.min(fits);
                 match self.blocking("cannot read the file", &message.path, move |root| store::read(root, &path, cap)).await? {
                     Ok(ReadOutcome::Found(bytes)) => FileRead::Found { content: crm_connector::message::Bytes(bytes) },
@@ -149,13 +150,6 @@ impl FilesLocal {
         tracing::debug!(path = %message.path, outcome = ?std::mem::discriminant(&result), "file read");
         Ok(Outcome::reply(command.event(&FileContent { path: message.path, result })))
     }
-}
-
-/// The largest file whose bytes, as base64 and with room for the rest of the reply (its path,
-/// the JSON around them), fit in a bus message of `message_bytes`.
-fn largest_file_in(message_bytes: usize) -> u64 {
-    const ROOM: usize = 16 * 1024;
-    u64::try_from(message_bytes.saturating_sub(ROOM) / 4 * 3).unwrap_or(u64::MAX)
 }
 
 fn log_outcome(path: &str, outcome: &FileOutcome) {

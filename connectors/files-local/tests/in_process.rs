@@ -259,14 +259,15 @@ fn catalog_decodes_file_messages() {
 /// fits is read.
 #[tokio::test]
 async fn a_file_too_large_for_a_reply_is_refused_with_the_reason() {
-    let bus = Bus::in_process(BusConfig { max_message_bytes: 60_000, ..BusConfig::default() });
+    // Room for files of up to 100,848 bytes: (200,000 - 64 KiB) / 4 * 3.
+    let bus = Bus::in_process(BusConfig { max_message_bytes: 200_000, ..BusConfig::default() });
     let running = start_on(bus, 1024 * 1024).await;
-    std::fs::write(running.data.join("large.bin"), vec![7u8; 40_000]).unwrap();
-    std::fs::write(running.data.join("small.bin"), vec![7u8; 30_000]).unwrap();
+    std::fs::write(running.data.join("large.bin"), vec![7u8; 100_849]).unwrap();
+    std::fs::write(running.data.join("small.bin"), vec![7u8; 100_848]).unwrap();
     match running.read("large.bin").await {
-        FileRead::Failed { reason } => assert!(reason.contains("40000 bytes") && reason.contains("cap"), "{reason}"),
+        FileRead::Failed { reason } => assert!(reason.contains("100849 bytes, over the 100848-byte cap"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(running.read("small.bin").await, FileRead::Found { content: Bytes(vec![7u8; 30_000]) });
+    assert_eq!(running.read("small.bin").await, FileRead::Found { content: Bytes(vec![7u8; 100_848]) });
     running.stop().await;
 }

@@ -199,15 +199,39 @@ async fn events_follow_their_command_and_keep_its_request_id() {
     assert_eq!(echo.0.started.lock().unwrap()[&entry_id], 1);
 }
 
-#[tokio::test]
-async fn transient_failures_retry_and_permanent_ones_are_dead_lettered() {
-    let bus = bus();
-    let mut statuses = events(&bus, "core.test", &["sms.message.status"]).await;
-    let mut dead = bus.dead_letters().await.unwrap();
+/// A running `Echo` connector on `bus`, with subscribers to the statuses it reports and to the
+/// dead letters.
+struct Watched {
+    statuses: Subscriber,
+    dead: Subscriber,
+    token: CancellationToken,
+    echo: Echo,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn watched(bus: &Bus) -> Watched {
+    let statuses = events(bus, "core.test", &["sms.message.status"]).await;
+    let dead = bus.dead_letters().await.unwrap();
     let token = CancellationToken::new();
     let echo = Echo::default();
     let task = crm_connector::spawn_with(echo.clone(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(settings()));
-    wait_ready(&bus).await;
+    wait_ready(bus).await;
+    Watched { statuses, dead, token, echo, task }
+}
+
+/// The connector still handles a plain command and reports it sent.
+async fn still_sends(bus: &Bus, statuses: &mut Subscriber) {
+    let (after, command) = send("hello", "r-after");
+    bus.publish(&command).await.unwrap();
+    let delivery = next(statuses).await;
+    assert_eq!(delivery.envelope.decode::<DeliveryStatus>().unwrap().entry_id, Some(after));
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn transient_failures_retry_and_permanent_ones_are_dead_lettered() {
+    let bus = bus();
+    let Watched { mut statuses, mut dead, token, echo, task } = watched(&bus).await;
 
     let (flaky, command) = send("fail-once", "r1");
     bus.publish(&command).await.unwrap();
@@ -248,11 +272,7 @@ async fn transient_failures_retry_and_permanent_ones_are_dead_lettered() {
     letter.ack().await.unwrap();
 
     // Still working.
-    let (after, command) = send("hello", "r5");
-    bus.publish(&command).await.unwrap();
-    let delivery = next(&mut statuses).await;
-    assert_eq!(delivery.envelope.decode::<DeliveryStatus>().unwrap().entry_id, Some(after));
-    delivery.ack().await.unwrap();
+    still_sends(&bus, &mut statuses).await;
 
     token.cancel();
     task.await.unwrap().unwrap();
@@ -263,12 +283,7 @@ async fn transient_failures_retry_and_permanent_ones_are_dead_lettered() {
 #[tokio::test]
 async fn an_outcome_the_bus_refuses_dead_letters_its_command_instead_of_looping() {
     let bus = small_bus();
-    let mut statuses = events(&bus, "core.test", &["sms.message.status"]).await;
-    let mut dead = bus.dead_letters().await.unwrap();
-    let token = CancellationToken::new();
-    let echo = Echo::default();
-    let task = crm_connector::spawn_with(echo.clone(), ConnectorContext::new(bus.clone(), token.clone()).with_settings(settings()));
-    wait_ready(&bus).await;
+    let Watched { mut statuses, mut dead, token, echo, task } = watched(&bus).await;
 
     let (huge, command) = send("huge", "r1");
     bus.publish(&command).await.unwrap();
@@ -291,11 +306,7 @@ async fn an_outcome_the_bus_refuses_dead_letters_its_command_instead_of_looping(
     asked.abort();
 
     // Still working, and nothing was handled again.
-    let (after, command) = send("hello", "r2");
-    bus.publish(&command).await.unwrap();
-    let delivery = next(&mut statuses).await;
-    assert_eq!(delivery.envelope.decode::<DeliveryStatus>().unwrap().entry_id, Some(after));
-    delivery.ack().await.unwrap();
+    still_sends(&bus, &mut statuses).await;
     assert_eq!(echo.0.started_count.load(Ordering::SeqCst), 3, "the huge command, the huge read, the one after");
 
     token.cancel();

@@ -142,6 +142,21 @@ impl Address {
     }
 }
 
+/// Room in a message for what surrounds a file's bytes (its path, type, ids, the envelope's
+/// JSON).
+const FILE_MESSAGE_ROOM: u64 = 64 * 1024;
+
+/// The largest message a file of `file_bytes` makes (a `StoreFile` command, a `FileContent`
+/// reply): its bytes as base64, and room for the rest.
+pub fn message_bytes_for_file(file_bytes: u64) -> u64 {
+    file_bytes.div_ceil(3).saturating_mul(4).saturating_add(FILE_MESSAGE_ROOM)
+}
+
+/// The largest file whose message ([`message_bytes_for_file`]) fits in `message_bytes`.
+pub fn largest_file_in_message(message_bytes: u64) -> u64 {
+    message_bytes.saturating_sub(FILE_MESSAGE_ROOM) / 4 * 3
+}
+
 /// Binary content, base64 in JSON.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Bytes(pub Vec<u8>);
@@ -659,6 +674,18 @@ impl Message for Heartbeat {
 
 #[cfg(test)]
 mod tests {
+    /// The core checks at start that its largest upload makes a message the bus takes; the files
+    /// connector caps reads by the same rule: the two sizes must agree.
+    #[test]
+    fn the_largest_file_for_a_message_is_the_one_whose_message_fits() {
+        for message in [64 * 1024, 200_000, 16 * 1024 * 1024, 128 * 1024 * 1024 + 1] {
+            let largest = super::largest_file_in_message(message);
+            assert!(super::message_bytes_for_file(largest) <= message, "{message}");
+            assert!(super::message_bytes_for_file(largest + 3) > message, "{message}");
+        }
+        assert_eq!(super::largest_file_in_message(1000), 0);
+    }
+
     use super::*;
     use crate::{Envelope, Trace};
 

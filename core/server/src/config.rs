@@ -222,7 +222,7 @@ impl Settings {
         if self.files_max_bytes == 0 || self.files_max_transfers == 0 {
             bail!("files_max_bytes and files_max_transfers must be at least 1");
         }
-        let upload_message = upload_message_bytes(self.files_max_bytes);
+        let upload_message = crm_bus::message::message_bytes_for_file(self.files_max_bytes);
         if upload_message > self.bus_max_message_bytes {
             bail!(
                 "files_max_bytes ({}) needs bus messages of up to {upload_message} bytes (files travel as base64), more than bus_max_message_bytes ({}): lower files_max_bytes, or raise the broker's max_message_size and bus_max_message_bytes",
@@ -388,12 +388,6 @@ impl Default for SettingsDefaults {
             plugins_deny_io_imports: d.plugins_deny_io_imports,
         }
     }
-}
-
-/// The largest bus message a file of `file_bytes` makes: its bytes as base64 in a `StoreFile`
-/// command, plus room for the envelope and the other fields.
-fn upload_message_bytes(file_bytes: u64) -> u64 {
-    file_bytes.div_ceil(3).saturating_mul(4).saturating_add(64 * 1024)
 }
 
 #[cfg(test)]
